@@ -1,0 +1,1 @@
+"""The studio (PySide6 + pyqtgraph). Talks to the engine only through the protocol; never imports torch."""

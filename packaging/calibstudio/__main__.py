@@ -1,0 +1,5 @@
+"""``python -m calibstudio`` is the ``calibstudio`` command."""
+
+from calibstudio.cli import main
+
+raise SystemExit(main())

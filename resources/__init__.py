@@ -1,0 +1,1 @@
+"""Bundled data files (default prompts, demo model weights, shipped profiles)."""
