@@ -1,0 +1,1 @@
+"""The bundled demo text-to-video model: procedural clips, captions, prompt-adherence checking."""
