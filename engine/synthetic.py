@@ -8,7 +8,13 @@ slider can be exercised at Wan scale without running a model.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
+from tqdm import tqdm
+
+from calibstudio.engine.profile import ProfileError, ProfileMeta, ProfileWriter
 
 
 def block_centres(grid: tuple[int, int, int], block: int) -> np.ndarray:
@@ -54,3 +60,48 @@ def video_block_mass(
     varied = out[None] * np.exp(rng.normal(0.0, noise, size=(prompts, *out.shape))).astype(np.float32)
     varied /= varied.sum(axis=-1, keepdims=True)
     return varied.mean(axis=0), varied
+
+
+def synthetic_meta(
+    grid: tuple[int, int, int],
+    layers: int,
+    heads: int,
+    bins: int,
+    steps: int,
+    block: int = 128,
+    name: str = "synthetic",
+    calibration: dict | None = None,
+) -> ProfileMeta:
+    """Metadata of a synthetic profile: ``bins`` equal step bins, the model labelled as synthetic."""
+    if bins < 1 or steps < bins:
+        raise ProfileError(f"need 1 <= bins <= steps, got {bins} bins for {steps} steps")
+    edges = np.linspace(0, steps, bins + 1).astype(int)
+    return ProfileMeta(
+        model={"name": name, "class": "synthetic", "config_hash": "synthetic"},
+        grid=grid, block_size=(block, block), num_steps=steps,
+        step_bins=tuple((int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)),
+        layers=layers, heads=heads, calibration=calibration or {},
+    )
+
+
+def write_synthetic_profile(
+    path: str | os.PathLike[str],
+    grid: tuple[int, int, int],
+    layers: int,
+    heads: int,
+    bins: int,
+    steps: int,
+    block: int = 128,
+    seed: int = 0,
+    prompts: int = 4,
+    noise: float = 0.1,
+) -> Path:
+    """Write a profile of synthetic video-attention block mass (labelled as synthetic in its model)."""
+    calibration = {"prompts": [f"synthetic prompt {i}" for i in range(prompts)], "seed": seed, "noise": noise}
+    writer = ProfileWriter(synthetic_meta(grid, layers, heads, bins, steps, block, calibration=calibration))
+    rng = np.random.default_rng(seed)
+    for b in tqdm(range(bins), desc="synthetic profile", unit="bin"):
+        for layer in range(layers):
+            mean, per_prompt = video_block_mass(grid, block, heads, rng, prompts=prompts, noise=noise)
+            writer.add(b, layer, mean, per_prompt)
+    return writer.save(path)

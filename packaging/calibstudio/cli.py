@@ -1,0 +1,209 @@
+"""The ``calibstudio`` command: one parser for every face of the tool.
+
+Subcommands import their implementation lazily, so ``calibstudio profile ...`` and ``--help`` stay
+fast and torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from calibstudio import __version__
+
+if TYPE_CHECKING:
+    from calibstudio.engine.profile import Profile
+
+# Subcommands whose implementation has not landed yet: (name, help, issue that brings it).
+_COMING = {
+    "studio": ("open the studio: heatmaps, threshold slider, side-by-side previews", "the studio issue"),
+    "engine": ("run the engine server (JSON lines on stdin/stdout)", "the engine issue"),
+    "calibrate": ("calibrate a model: measure block attention mass and write a profile", "the engine issue"),
+    "generate": ("generate a clip, dense or sparse from a profile", "the engine issue"),
+    "compare": ("generate dense and sparse clips in lockstep and report the speedup", "the engine issue"),
+}
+# Benchmarks: name -> (help, module with a ``main(argv) -> int``).
+_BENCHES = {
+    "profile": ("size and speed of the profile format at Wan-14B 720p scale", "calibstudio.engine.bench_profile"),
+    "kernels": ("block-sparse attention kernels vs dense and peers", "calibstudio.kernels.bench"),
+}
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+def _not_available(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
+    def run(_: argparse.Namespace) -> int:
+        print(f"calibstudio {name}: not available yet (comes with {issue})", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def _bench(args: argparse.Namespace) -> int:
+    module = _BENCHES[args.bench][1]
+    try:
+        entry = importlib.import_module(module)
+    except ImportError as error:
+        raise CliError(f"bench {args.bench} is not available: {error}") from None
+    return int(entry.main(list(args.bench_args)))
+
+
+def _open_profile(path: str) -> Profile:
+    from calibstudio.engine.profile import Profile, ProfileError
+
+    try:
+        return Profile.open(path)
+    except ProfileError as error:
+        raise CliError(str(error)) from None
+
+
+def _profile_info(args: argparse.Namespace) -> int:
+    from calibstudio.engine.profile import summarise
+
+    with _open_profile(args.file) as profile:
+        summary = summarise(profile)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    grid, blocks = summary["grid"], summary["blocks"]
+    print(f"profile   {summary['path']} ({summary['size_bytes'] / 2**20:.1f} MiB)")
+    print(f"model     {summary['model'].get('name', '?')} ({summary['model'].get('class', '?')})")
+    print(f"grid      {grid['frames']} x {grid['height']} x {grid['width']} tokens = {grid['tokens']} "
+          f"(order {grid['order']})")
+    print(f"blocks    {blocks['nq']} x {blocks['nk']} of {blocks['query']} x {blocks['key']} tokens")
+    print(f"steps     {summary['steps']} in {len(summary['step_bins'])} bins: "
+          + ", ".join(f"{a}-{b - 1}" for a, b in summary["step_bins"]))
+    print(f"layers    {summary['layers']}, heads {summary['heads']}")
+    print(f"threshold {summary['threshold_range'][0]} .. {summary['threshold_range'][1]}")
+    print("density   " + ", ".join(f"{d:.1%} at {t}" for t, d in summary["density"].items()))
+    prompts = summary["calibration"].get("prompts", [])
+    if prompts:
+        print(f"prompts   {len(prompts)}: {prompts[0]!r}{' ...' if len(prompts) > 1 else ''}")
+    return 0
+
+
+def _profile_show(args: argparse.Namespace) -> int:
+    from calibstudio.engine.profile import ProfileError
+
+    with _open_profile(args.file) as profile:
+        meta = profile.meta
+        try:
+            densities = profile.densities(args.threshold)
+            mean, worst = profile.retained(args.threshold)
+            effective = profile.effective_threshold(args.threshold)
+        except ProfileError as error:
+            raise CliError(str(error)) from None
+        bins = range(meta.bins) if args.bin is None else [args.bin]
+        if args.bin is not None and not 0 <= args.bin < meta.bins:
+            raise CliError(f"--bin {args.bin} is outside 0..{meta.bins - 1}")
+        weights = [meta.step_bins[b][1] - meta.step_bins[b][0] for b in bins]
+        pick = list(bins)
+        layer_head = sum(densities[b] * w for b, w in zip(pick, weights, strict=True)) / sum(weights)
+        retained_mean = float(mean[pick].mean())
+        retained_worst = float(worst[pick].min())
+        report = {
+            "threshold": args.threshold,
+            "effective_threshold": effective,
+            "bins": pick,
+            "density": float(layer_head.mean()),
+            "density_per_layer_head": layer_head.round(4).tolist(),
+            "retained_mean": retained_mean,
+            "retained_worst": retained_worst,
+        }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    scope = "all bins (step-weighted)" if args.bin is None else f"bin {args.bin} (steps {meta.step_bins[args.bin]})"
+    print(f"threshold {args.threshold} (applied {effective:.6f}), {scope}")
+    print(f"density {report['density']:.1%}; retained mass mean {retained_mean:.5f}, worst prompt {retained_worst:.5f}")
+    print("density % per layer (rows) and head (columns):")
+    print("layer " + " ".join(f"{h:>4}" for h in range(meta.heads)))
+    for layer, row in enumerate(layer_head):
+        print(f"{layer:>5} " + " ".join(f"{100 * d:4.0f}" for d in row))
+    return 0
+
+
+def _profile_synthetic(args: argparse.Namespace) -> int:
+    from calibstudio.engine.profile import ProfileError
+    from calibstudio.engine.synthetic import write_synthetic_profile
+
+    try:
+        path = write_synthetic_profile(args.out, tuple(args.grid), args.layers, args.heads, args.bins, args.steps,
+                                       block=args.block, seed=args.seed)
+    except ProfileError as error:
+        raise CliError(str(error)) from None
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The one parser for every subcommand (also used to render ``--help`` in the docs)."""
+    parser = argparse.ArgumentParser(
+        prog="calibstudio",
+        description="Calibrated block-sparse attention for text-to-video diffusion transformers: "
+                    "calibrate once, inspect the masks, generate faster.")
+    parser.add_argument("--version", action="version", version=f"calibstudio {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    for name, (text, issue) in _COMING.items():
+        sub = commands.add_parser(name, help=text, description=f"{text}. Not available yet ({issue}).")
+        sub.set_defaults(run=_not_available(name, issue))
+
+    bench = commands.add_parser("bench", help="benchmarks that write JSON under docs/benchmarks/",
+                                description="Run a benchmark; options after the name go to it "
+                                            "(e.g. `calibstudio bench profile --help`).")
+    bench.add_argument("bench", choices=sorted(_BENCHES), help="; ".join(f"{k}: {v[0]}" for k, v in _BENCHES.items()))
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options for that benchmark")
+    bench.set_defaults(run=_bench)
+
+    profile = commands.add_parser("profile", help="inspect a calibration profile (.safetensors)",
+                                  description="Inspect a calibration profile without loading a model.")
+    actions = profile.add_subparsers(dest="action", metavar="ACTION", required=True)
+    info = actions.add_parser("info", help="summary: model, token grid, blocks, step bins, densities",
+                              description="Print a profile's model, token grid, blocks, step bins and densities.")
+    info.add_argument("file", help="profile file (.safetensors)")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(run=_profile_info)
+    show = actions.add_parser("show", help="density per layer and head, retained mass, at a threshold",
+                              description="Density per layer and head and retained attention mass (mean over "
+                                          "calibration prompts and worst prompt) at a retained-mass threshold.")
+    show.add_argument("file", help="profile file (.safetensors)")
+    show.add_argument("--threshold", "-t", type=float, default=0.999,
+                      help="retained-mass threshold in 0.90..0.9999 (default 0.999)")
+    show.add_argument("--bin", type=int, help="one step bin (default: all bins, weighted by their steps)")
+    show.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    show.set_defaults(run=_profile_show)
+    synth = actions.add_parser("synthetic", help="write a synthetic profile with video-attention structure",
+                               description="Write a profile of synthetic block mass (local 3-D windows, temporal "
+                                           "stripes, sinks) for trying the tools without calibrating a model. "
+                                           "Defaults: Wan-2.1-1.3B at 480p/81f.")
+    synth.add_argument("out", help="output file (.safetensors)")
+    synth.add_argument("--grid", type=int, nargs=3, default=(21, 30, 52), metavar=("F", "H", "W"),
+                       help="token grid: frames, height, width (default 21 30 52)")
+    synth.add_argument("--layers", type=int, default=30, help="layers (default 30)")
+    synth.add_argument("--heads", type=int, default=12, help="heads (default 12)")
+    synth.add_argument("--bins", type=int, default=4, help="step bins (default 4)")
+    synth.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    synth.add_argument("--block", type=int, default=128, help="block size in tokens (default 128)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.set_defaults(run=_profile_synthetic)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``calibstudio`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except CliError as error:
+        print(f"calibstudio: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("calibstudio: interrupted", file=sys.stderr)
+        return 130
