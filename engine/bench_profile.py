@@ -39,7 +39,7 @@ def run(out_json: Path, profile_path: Path, shape: dict, prompts: int, noise: fl
     meta = synthetic_meta(shape["grid"], shape["layers"], shape["heads"], shape["bins"], shape["steps"],
                           name="synthetic Wan-2.1-T2V-14B", calibration=calibration)
     writer = ProfileWriter(meta)
-    jobs = [(b, layer) for b in range(bins) for layer in range(meta.layers)]
+    jobs = [(b, layer) for b in range(meta.bins) for layer in range(meta.layers)]
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
         tasks = ((meta.grid, meta.heads, 1000 * b + layer, prompts, noise) for b, layer in jobs)
