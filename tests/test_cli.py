@@ -1,0 +1,96 @@
+"""The ``calibstudio`` command as a user runs it: help for everything, profile tools, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibstudio.cli import build_parser
+from calibstudio.engine.profile import build_profile
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "calibstudio", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def profile_path(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    mass = np.exp(rng.normal(0, 3, size=(4, 3, 2, 8, 8)))
+    path = tmp_path_factory.mktemp("cli") / "tiny.safetensors"
+    meta = {"model": {"name": "tiny-model", "class": "Tiny"}, "grid": (2, 4, 8), "block_size": (8, 8),
+            "calibration": {"prompts": ["a red circle moves left"]}}
+    build_profile(path, mass, meta, per_prompt=mass[None] * rng.uniform(0.5, 2, (2, *mass.shape)), n_bins=2).close()
+    return path
+
+
+def test_every_subcommand_has_help():
+    for name in ("studio", "engine", "calibrate", "generate", "compare", "bench", "profile"):
+        result = run(name, "--help")
+        assert result.returncode == 0, result.stderr
+        assert "usage: calibstudio " + name in result.stdout
+    assert run("profile", "show", "--help").returncode == 0
+
+
+def test_unbuilt_subcommands_say_so_and_fail():
+    for name in ("studio", "engine", "calibrate", "generate", "compare"):
+        result = run(name)
+        assert result.returncode != 0
+        assert result.stderr.strip().count("\n") == 0 and "not available yet" in result.stderr
+
+
+def test_profile_info(profile_path):
+    result = run("profile", "info", str(profile_path))
+    assert result.returncode == 0, result.stderr
+    assert "tiny-model" in result.stdout and "2 x 4 x 8 tokens = 64" in result.stdout
+    assert "8 x 8 of 8 x 8 tokens" in result.stdout and "2 bins" in result.stdout
+    summary = json.loads(run("profile", "info", str(profile_path), "--json").stdout)
+    assert summary["layers"] == 3 and summary["heads"] == 2 and len(summary["step_bins"]) == 2
+
+
+def test_profile_show_reports_density_per_layer_and_head(profile_path):
+    low = json.loads(run("profile", "show", str(profile_path), "-t", "0.9", "--json").stdout)
+    high = json.loads(run("profile", "show", str(profile_path), "-t", "0.9999", "--json").stdout)
+    assert np.array(low["density_per_layer_head"]).shape == (3, 2)
+    assert low["density"] <= high["density"]
+    assert high["retained_mean"] >= 0.9999 - 1e-6 and high["effective_threshold"] >= 0.9999
+    assert 0 < high["retained_worst"] <= 1
+    text = run("profile", "show", str(profile_path), "--threshold", "0.99", "--bin", "1")
+    assert text.returncode == 0 and "bin 1" in text.stdout and "retained mass mean" in text.stdout
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 50, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":"])
+def test_bad_files_get_one_line_and_nonzero_exit(tmp_path, content):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(content)
+    for args in (("info", str(bad)), ("show", str(bad), "-t", "0.99")):
+        result = run("profile", *args)
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("calibstudio: error:") and str(bad) in lines[0]
+
+
+def test_bad_threshold_and_bin_are_named(profile_path):
+    result = run("profile", "show", str(profile_path), "-t", "0.5")
+    assert result.returncode == 1 and "outside the supported range" in result.stderr
+    result = run("profile", "show", str(profile_path), "--bin", "7")
+    assert result.returncode == 1 and "--bin 7" in result.stderr
+
+
+def test_synthetic_profile_round_trip(tmp_path):
+    out = tmp_path / "synthetic.safetensors"
+    result = run("profile", "synthetic", str(out), "--grid", "2", "8", "16", "--layers", "2", "--heads", "3",
+                 "--bins", "2", "--steps", "4", "--block", "16")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(run("profile", "info", str(out), "--json").stdout)
+    assert summary["model"]["name"] == "synthetic" and summary["blocks"]["nq"] == 16
+
+
+def test_parser_is_one_object():
+    parser = build_parser()
+    assert parser.parse_args(["profile", "show", "x", "-t", "0.99"]).threshold == 0.99
