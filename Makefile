@@ -37,7 +37,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	@echo "installing torch ($(TORCH) build: $(TORCH_SPEC)) and calibstudio into $(VENV)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[engine,test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[engine,studio,test]'
 	@touch $@
 
 install: $(STAMP)
