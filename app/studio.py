@@ -34,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.screenshot and not os.environ.get("QT_QPA_PLATFORM"):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+        # the offscreen plugin warns about window-manager hints it cannot honour; they are noise here
+        os.environ.setdefault("QT_LOGGING_RULES", "qt.qpa.*=false")
 
     from PySide6.QtWidgets import QApplication
 

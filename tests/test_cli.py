@@ -38,10 +38,28 @@ def test_every_subcommand_has_help():
 
 
 def test_unbuilt_subcommands_say_so_and_fail():
-    for name in ("studio", "engine", "calibrate", "generate", "compare"):
+    for name in ("engine", "calibrate", "generate", "compare"):
         result = run(name)
         assert result.returncode != 0
         assert result.stderr.strip().count("\n") == 0 and "not available yet" in result.stderr
+
+
+def test_studio_without_display_says_so(monkeypatch):
+    for name in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
+    result = run("studio")
+    if sys.platform.startswith("linux"):
+        assert result.returncode == 1
+        assert result.stderr.strip().count("\n") == 0 and "no display" in result.stderr
+
+
+def test_studio_screenshot(profile_path, tmp_path):
+    pytest.importorskip("PySide6")
+    png = tmp_path / "studio.png"
+    result = run("studio", "--profile", str(profile_path), "--screenshot", str(png), "--settings",
+                 str(tmp_path / "settings.ini"), "--layer", "1", "--head", "1")
+    assert result.returncode == 0, result.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 def test_profile_info(profile_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 
 # Subcommands whose implementation has not landed yet: (name, help, issue that brings it).
 _COMING = {
-    "studio": ("open the studio: heatmaps, threshold slider, side-by-side previews", "the studio issue"),
     "engine": ("run the engine server (JSON lines on stdin/stdout)", "the engine issue"),
     "calibrate": ("calibrate a model: measure block attention mass and write a profile", "the engine issue"),
     "generate": ("generate a clip, dense or sparse from a profile", "the engine issue"),
@@ -52,6 +52,23 @@ def _bench(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise CliError(f"bench {args.bench} is not available: {error}") from None
     return int(entry.main(list(args.bench_args)))
+
+
+def _studio(args: argparse.Namespace) -> int:
+    if (not args.screenshot and sys.platform.startswith("linux")
+            and not any(os.environ.get(name) for name in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY"))):
+        raise CliError("studio: no display (DISPLAY, WAYLAND_DISPLAY and QT_QPA_PLATFORM are unset); "
+                       "run it on a desktop, or render offscreen with --screenshot PNG")
+    try:
+        studio = importlib.import_module("calibstudio.app.studio")
+        importlib.import_module("PySide6.QtWidgets")
+        importlib.import_module("pyqtgraph")
+    except ImportError as error:
+        raise CliError(f"the studio needs PySide6 and pyqtgraph ({error}); "
+                       f"install them with: pip install 'calibstudio[studio]'") from None
+    argv = [f"--{name}={value}" for name in ("profile", "screenshot", "settings", "threshold", "bin", "layer", "head")
+            if (value := getattr(args, name)) is not None]
+    return int(studio.main(argv))
 
 
 def _open_profile(path: str) -> Profile:
@@ -154,6 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (text, issue) in _COMING.items():
         sub = commands.add_parser(name, help=text, description=f"{text}. Not available yet ({issue}).")
         sub.set_defaults(run=_not_available(name, issue))
+
+    studio = commands.add_parser("studio", help="open the studio: heatmaps, threshold slider, side-by-side previews",
+                                 description="Open the studio on a profile (no engine needed for heatmaps and the "
+                                             "threshold). --screenshot renders the window offscreen and exits.")
+    studio.add_argument("--profile", help="calibration profile to open (.safetensors)")
+    studio.add_argument("--screenshot", metavar="PNG", help="save a PNG of the window (offscreen) and exit")
+    studio.add_argument("--settings", metavar="FILE", help="settings file to use instead of the user's")
+    studio.add_argument("--threshold", "-t", type=float, help="retained-mass threshold in 0.90..0.9999")
+    studio.add_argument("--bin", type=int, help="step bin to show")
+    studio.add_argument("--layer", type=int, help="layer to show")
+    studio.add_argument("--head", type=int, help="head to show")
+    studio.set_defaults(run=_studio)
 
     bench = commands.add_parser("bench", help="benchmarks that write JSON under docs/benchmarks/",
                                 description="Run a benchmark; options after the name go to it "
