@@ -1,0 +1,142 @@
+"""The attention hook: routes a video transformer's self-attention through dense, record or sparse attention.
+
+The hook owns the *policy* (which step and layer a call belongs to, which layout to use, where
+recorded mass goes); the model adapter owns the *math around* attention (projections, norms,
+RoPE) through a processor installed with diffusers' own ``set_processor``. Installing and removing
+is a context manager that restores the exact processors that were there, so two models in one
+process, or one model hooked twice in turn, do not interfere. Cross-attention is never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from calibstudio.engine.profile import Profile, ProfileError
+
+if TYPE_CHECKING:
+    from calibstudio.engine.models.base import VideoModelAdapter
+    from calibstudio.kernels.layout import BlockLayout
+
+Mode = Literal["dense", "record", "sparse"]
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Plain SDPA on diffusers' (B, S, H, D) layout."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+class MassRecorder:
+    """Accumulates block attention mass per (prompt, step bin, layer) during calibration.
+
+    Sums raw mass (softmax probability summed over the queries of a query block and the keys of a
+    key block); the profile normalises rows, so calls with more queries simply weigh more.
+    """
+
+    def __init__(self, prompts: int, step_bins: tuple[tuple[int, int], ...], layers: int, heads: int,
+                 nq: int, nk: int, block: tuple[int, int]) -> None:
+        self.step_bins = step_bins
+        self.block = block
+        self.mass = np.zeros((prompts, len(step_bins), layers, heads, nq, nk), dtype=np.float32)
+        self.prompt = 0
+
+    def bin_of(self, step: int) -> int:
+        for b, (start, end) in enumerate(self.step_bins):
+            if start <= step < end:
+                return b
+        raise ProfileError(f"step {step} is outside the calibrated step bins {list(self.step_bins)}")
+
+    def add(self, step: int, layer: int, q: torch.Tensor, k: torch.Tensor) -> None:
+        from calibstudio.kernels.mass import block_mass
+
+        mass = block_mass(q, k, block_q=self.block[0], block_k=self.block[1])
+        self.mass[self.prompt, self.bin_of(step), layer] += mass.float().cpu().numpy()
+
+
+class AttentionHook:
+    """Install with ``with AttentionHook(...) as hook:``; removal restores the original processors.
+
+    ``step_source`` returns the index of the denoising step in progress (a Python int, so reading
+    it never syncs with the device). In ``sparse`` mode the layout of each (step bin, layer) is
+    built on first use from the profile at ``threshold`` and kept for the life of the hook (one
+    job), never per call.
+    """
+
+    def __init__(
+        self,
+        adapter: VideoModelAdapter,
+        transformer: torch.nn.Module,
+        mode: Mode = "dense",
+        step_source: Callable[[], int] | None = None,
+        profile: Profile | None = None,
+        threshold: float = 0.999,
+        recorder: MassRecorder | None = None,
+        backend: str = "auto",
+    ) -> None:
+        if mode == "sparse" and profile is None:
+            raise ValueError("sparse mode needs a profile")
+        if mode == "record" and recorder is None:
+            raise ValueError("record mode needs a MassRecorder")
+        self.adapter = adapter
+        self.transformer = transformer
+        self.mode: Mode = mode
+        self.step_source = step_source or (lambda: 0)
+        self.profile = profile
+        self.threshold = threshold
+        self.recorder = recorder
+        self.backend = backend
+        self._layouts: dict[tuple[int, int], BlockLayout] = {}
+        self._saved: list[tuple[torch.nn.Module, object]] = []
+        if profile is not None:
+            profile.effective_threshold(threshold)  # a threshold out of range fails here, not mid-job
+
+    def __enter__(self) -> AttentionHook:
+        self.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def install(self) -> None:
+        if self._saved:
+            raise RuntimeError("this hook is already installed")
+        if self.mode == "dense":
+            return  # dense is the model's own attention: nothing to install, nothing to slow down
+        for layer, module in self.adapter.self_attention_modules(self.transformer):
+            self._saved.append((module, module.processor))
+            module.set_processor(self.adapter.make_processor(self, layer))
+
+    def remove(self) -> None:
+        for module, processor in reversed(self._saved):
+            module.set_processor(processor)
+        self._saved.clear()
+
+    def layout(self, bin_index: int, layer: int, device: torch.device) -> BlockLayout:
+        """The compiled layout of one (step bin, layer), built once per hook."""
+        key = (bin_index, layer)
+        layout = self._layouts.get(key)
+        if layout is None:
+            from calibstudio.kernels.layout import BlockLayout
+
+            meta = self.profile.meta
+            mask = torch.from_numpy(self.profile.mask(bin_index, layer, self.threshold))
+            layout = BlockLayout.from_mask(mask.to(device), meta.block_size[0], meta.block_size[1],
+                                           q_len=meta.tokens, k_len=meta.tokens)
+            self._layouts[key] = layout
+        return layout
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Self-attention of ``layer`` on (B, S, H, D) for the current step, by the hook's mode."""
+        if self.mode == "sparse":
+            from calibstudio.kernels.attention import sparse_attention
+
+            bin_index = self.profile.meta.bin_of_step(self.step_source())
+            return sparse_attention(q, k, v, self.layout(bin_index, layer, q.device), backend=self.backend)
+        if self.mode == "record":
+            self.recorder.add(self.step_source(), layer, q, k)
+        return dense_attention(q, k, v)

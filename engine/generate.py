@@ -1,0 +1,141 @@
+"""Generation jobs: one clip (dense or sparse) and the dense-vs-sparse compare in lockstep."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from calibstudio.engine.attention_hook import AttentionHook
+from calibstudio.engine.metrics import psnr, ssim
+from calibstudio.engine.models.base import VideoModelAdapter
+from calibstudio.engine.profile import Profile
+from calibstudio.engine.progress import Progress
+from calibstudio.engine.timing import StepTimer
+from calibstudio.engine.trajectory import Trajectory, decode, encode, initial_latents
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """One clip's settings, recorded in every report."""
+
+    prompt: str
+    height: int
+    width: int
+    frames: int
+    steps: int
+    seed: int = 0
+    guidance_scale: float = 5.0
+    negative_prompt: str = ""
+    threshold: float = 0.999
+    warmup_steps: int = 0
+
+
+@dataclass
+class Clip:
+    """A finished clip and how long each of its denoising steps took (ms)."""
+
+    frames: np.ndarray
+    step_ms: list[float] = field(default_factory=list)
+
+
+def _sparse_hook(pipe: Any, adapter: VideoModelAdapter, profile: Profile, s: GenerationSettings,
+                 backend: str) -> AttentionHook:
+    profile.check_compatible(adapter.identity(pipe), adapter.token_grid(pipe, s.height, s.width, s.frames))
+    if profile.meta.num_steps != s.steps:
+        raise ValueError(f"the profile was calibrated with {profile.meta.num_steps} steps, not {s.steps}; "
+                         f"generate with {profile.meta.num_steps} steps or calibrate for {s.steps}")
+    return AttentionHook(adapter, pipe.transformer, mode="sparse", profile=profile, threshold=s.threshold,
+                         backend=backend)
+
+
+def _warm_up(pipe: Any, s: GenerationSettings, conditioning: Any, latents: Any) -> None:
+    """Dense steps thrown away so that the timed steps do not pay for first-call costs."""
+    if s.warmup_steps:
+        warm = Trajectory(pipe, conditioning, latents, s.steps)
+        for _ in range(min(s.warmup_steps, s.steps)):
+            warm.step()
+
+
+def generate(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, profile: Profile | None = None,
+             progress: Progress | None = None, backend: str = "auto") -> Clip:
+    """One clip: sparse when a profile is given, dense otherwise."""
+    progress = progress or Progress()
+    hook = _sparse_hook(pipe, adapter, profile, s, backend) if profile is not None else None
+    conditioning = encode(pipe, s.prompt, s.negative_prompt, s.guidance_scale)
+    latents = initial_latents(pipe, s.height, s.width, s.frames, s.seed)
+    _warm_up(pipe, s, conditioning, latents)
+    trajectory = Trajectory(pipe, conditioning, latents, s.steps, hook)
+    timer, clip = StepTimer(latents.device), Clip(frames=np.empty(0))
+    while not trajectory.done:
+        progress.update("generate", trajectory.index, s.steps)
+        with timer.measure():
+            trajectory.step()
+        clip.step_ms.append(timer.last_ms)
+    progress.update("generate", s.steps, s.steps)
+    clip.frames = decode(pipe, trajectory.latents)
+    return clip
+
+
+@dataclass
+class Comparison:
+    """Dense and sparse clips of one seed, their per-step times and the quality of sparse vs dense."""
+
+    settings: GenerationSettings
+    dense: Clip
+    sparse: Clip
+    densities: np.ndarray  # [bins, layers, heads] at the threshold
+    retained_mean: np.ndarray
+    retained_worst: np.ndarray
+
+    @property
+    def speedup(self) -> float:
+        return float(sum(self.dense.step_ms) / max(sum(self.sparse.step_ms), 1e-9))
+
+    def report(self) -> dict[str, Any]:
+        """The JSON report: settings, densities, retained mass, per-step times, speedup, metrics."""
+        return {
+            "settings": asdict(self.settings),
+            "density": float(self.densities.mean()),
+            "densities": self.densities.round(5).tolist(),
+            "retained_mean": self.retained_mean.round(6).tolist(),
+            "retained_worst": self.retained_worst.round(6).tolist(),
+            "step_ms": {"dense": self.dense.step_ms, "sparse": self.sparse.step_ms},
+            "speedup": self.speedup,
+            "step_speedups": [d / max(s, 1e-9) for d, s in zip(self.dense.step_ms, self.sparse.step_ms, strict=True)],
+            "psnr": psnr(self.dense.frames, self.sparse.frames),
+            "ssim": ssim(self.dense.frames, self.sparse.frames),
+        }
+
+
+def compare(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, profile: Profile,
+            progress: Progress | None = None, backend: str = "auto",
+            on_step: Any = None) -> Comparison:
+    """Dense and sparse trajectories from one seed in lockstep: step k dense, then step k sparse.
+
+    ``on_step(step, dense_ms, sparse_ms, dense_latents, sparse_latents)`` is called after each pair
+    (the server streams timings and previews from it).
+    """
+    progress = progress or Progress()
+    hook = _sparse_hook(pipe, adapter, profile, s, backend)
+    conditioning = encode(pipe, s.prompt, s.negative_prompt, s.guidance_scale)
+    latents = initial_latents(pipe, s.height, s.width, s.frames, s.seed)
+    _warm_up(pipe, s, conditioning, latents)
+    dense = Trajectory(pipe, conditioning, latents, s.steps)
+    sparse = Trajectory(pipe, conditioning, latents, s.steps, hook)
+    timer = StepTimer(latents.device)
+    dense_ms: list[float] = []
+    sparse_ms: list[float] = []
+    while not dense.done:
+        progress.update("compare", dense.index, s.steps)
+        for trajectory, times in ((dense, dense_ms), (sparse, sparse_ms)):
+            with timer.measure():
+                trajectory.step()
+            times.append(timer.last_ms)
+        if on_step is not None:
+            on_step(dense.index - 1, dense_ms[-1], sparse_ms[-1], dense.latents, sparse.latents)
+    progress.update("compare", s.steps, s.steps)
+    mean, worst = profile.retained(s.threshold)
+    return Comparison(s, Clip(decode(pipe, dense.latents), dense_ms), Clip(decode(pipe, sparse.latents), sparse_ms),
+                      profile.densities(s.threshold), mean, worst)

@@ -1,0 +1,121 @@
+"""Wan 2.1 text-to-video through diffusers (``WanPipeline``), and its self-attention processor."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from diffusers.models.transformers.transformer_wan import WanAttention, _get_qkv_projections
+
+from calibstudio.engine.models.base import ModelLoadError
+
+if TYPE_CHECKING:
+    from diffusers import WanPipeline
+
+    from calibstudio.engine.attention_hook import AttentionHook
+
+# What `WanPipeline.from_pretrained` reads from a local folder.
+REQUIRED = {
+    "model_index.json": "the pipeline index",
+    "scheduler/scheduler_config.json": "the scheduler",
+    "transformer/config.json": "the transformer config",
+    "vae/config.json": "the VAE config",
+    "text_encoder/config.json": "the text encoder config",
+    "tokenizer": "the tokenizer folder",
+}
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's interleaved RoPE, as in diffusers' ``WanAttnProcessor``."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+class WanSelfAttnProcessor:
+    """diffusers' Wan self-attention with the attention call itself handed to the hook."""
+
+    def __init__(self, hook: AttentionHook, layer: int) -> None:
+        self.hook = hook
+        self.layer = layer
+
+    def __call__(
+        self,
+        attn: WanAttention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
+        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            query, key = _rotate(query, *rotary_emb), _rotate(key, *rotary_emb)
+        out = self.hook.attend(self.layer, query, key, value).flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class WanAdapter:
+    """Wan 2.1 T2V (1.3B, 14B) and the bundled demo model, which shares its transformer class."""
+
+    def token_grid(self, pipe: Any, height: int, width: int, frames: int) -> tuple[int, int, int]:
+        t_patch, h_patch, w_patch = pipe.transformer.config.patch_size
+        temporal, spatial = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
+        if height % (spatial * h_patch) or width % (spatial * w_patch):
+            raise ValueError(f"height and width must be multiples of {spatial * h_patch}, got {height}x{width}")
+        if (frames - 1) % temporal:
+            raise ValueError(f"frames must be {temporal}k+1 (e.g. {temporal * 4 + 1}), got {frames}")
+        latent_frames = (frames - 1) // temporal + 1
+        return (latent_frames // t_patch, height // spatial // h_patch, width // spatial // w_patch)
+
+    def self_attention_modules(self, transformer: torch.nn.Module) -> Iterator[tuple[int, torch.nn.Module]]:
+        for layer, block in enumerate(transformer.blocks):
+            yield layer, block.attn1
+
+    def make_processor(self, hook: AttentionHook, layer: int) -> WanSelfAttnProcessor:
+        return WanSelfAttnProcessor(hook, layer)
+
+    def identity(self, pipe: Any) -> dict[str, str]:
+        config = dict(pipe.transformer.config)
+        text = json.dumps({k: v for k, v in config.items() if not k.startswith("_")}, sort_keys=True, default=str)
+        return {
+            "name": Path(str(getattr(pipe, "name_or_path", "") or "wan")).name or "wan",
+            "class": type(pipe.transformer).__name__,
+            "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
+        }
+
+
+def check_wan_folder(path: str | Path) -> Path:
+    """Raise :class:`ModelLoadError` naming every missing part of a local diffusers Wan folder."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelLoadError(f"model folder {folder} does not exist")
+    missing = [f"{name} ({what})" for name, what in REQUIRED.items() if not (folder / name).exists()]
+    weights = {part: any((folder / part).glob("*.safetensors")) or any((folder / part).glob("*.bin"))
+               for part in ("transformer", "vae", "text_encoder")}
+    missing += [f"{part}/*.safetensors (the {part} weights)" for part, found in weights.items() if not found]
+    if missing:
+        raise ModelLoadError(f"{folder} is not a complete diffusers Wan folder; missing: {', '.join(missing)}. "
+                             f"Download the full Wan2.1-T2V-*-Diffusers repository into it.")
+    return folder
+
+
+def load_wan(path: str | Path, dtype: torch.dtype | None = None, device: str | None = None) -> WanPipeline:
+    """Load a Wan pipeline from a local folder only (no hub access), with clear errors."""
+    from diffusers import WanPipeline
+
+    folder = check_wan_folder(path)
+    try:
+        pipe = WanPipeline.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"could not load {folder} as a Wan pipeline: {error}") from None
+    return pipe.to(device) if device else pipe

@@ -1,0 +1,145 @@
+"""The engine end to end on a tiny random Wan pipeline (CPU, offline)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+
+from calibstudio.engine.attention_hook import AttentionHook  # noqa: E402
+from calibstudio.engine.calibrate import CalibrationSettings, calibrate  # noqa: E402
+from calibstudio.engine.export import side_by_side, write_mp4, write_report  # noqa: E402
+from calibstudio.engine.generate import GenerationSettings, compare, generate  # noqa: E402
+from calibstudio.engine.models.base import ModelLoadError  # noqa: E402
+from calibstudio.engine.models.tiny import save_tiny_wan, tiny_wan_pipeline  # noqa: E402
+from calibstudio.engine.models.wan import WanAdapter, load_wan  # noqa: E402
+from calibstudio.engine.profile import Profile, ProfileMeta, ProfileWriter  # noqa: E402
+from calibstudio.engine.progress import Cancelled, Progress  # noqa: E402
+
+SIZE = {"height": 64, "width": 128, "frames": 9}  # 3 x 4 x 8 = 96 video tokens
+STEPS = 3
+BLOCK = 16  # 6 x 6 blocks
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_wan_pipeline(seed=0)
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    return WanAdapter()
+
+
+@pytest.fixture(scope="module")
+def calibrated(pipe, adapter, tmp_path_factory) -> Profile:
+    settings = CalibrationSettings(**SIZE, steps=STEPS, bins=2, guidance_scale=1.0, block=BLOCK)
+    out = tmp_path_factory.mktemp("profile") / "tiny.safetensors"
+    return calibrate(pipe, adapter, ["a red circle moves left", "a blue square moves up"], settings, out)
+
+
+def _uniform_profile(pipe, adapter, path) -> Profile:
+    grid = adapter.token_grid(pipe, **SIZE)
+    meta = ProfileMeta(model=adapter.identity(pipe), grid=grid, block_size=(BLOCK, BLOCK), num_steps=STEPS,
+                       step_bins=((0, STEPS),), layers=2, heads=2)
+    writer = ProfileWriter(meta)
+    for layer in range(2):
+        writer.add(0, layer, np.ones((2, meta.nq, meta.nk)))
+    return Profile.open(writer.save(path))
+
+
+def _settings(**changes) -> GenerationSettings:
+    return GenerationSettings(**{"prompt": "a red circle moves left", **SIZE, "steps": STEPS, "seed": 3,
+                                 "guidance_scale": 2.0, **changes})
+
+
+def test_token_grid_matches_the_transformer(pipe, adapter):
+    assert adapter.token_grid(pipe, **SIZE) == (3, 4, 8)
+    with pytest.raises(ValueError, match="frames must be 4k\\+1"):
+        adapter.token_grid(pipe, 64, 128, 8)
+
+
+def test_same_seed_gives_the_same_dense_clip(pipe, adapter):
+    a = generate(pipe, adapter, _settings()).frames
+    b = generate(pipe, adapter, _settings()).frames
+    assert a.shape == (9, 64, 128, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, generate(pipe, adapter, _settings(seed=4)).frames)
+
+
+def test_sparse_with_an_all_ones_profile_equals_dense(pipe, adapter, tmp_path):
+    profile = _uniform_profile(pipe, adapter, tmp_path / "ones.safetensors")
+    assert profile.densities(0.9999).min() == 1.0
+    dense = generate(pipe, adapter, _settings())
+    sparse = generate(pipe, adapter, _settings(threshold=0.9999), profile=profile)
+    assert np.abs(dense.frames.astype(int) - sparse.frames.astype(int)).max() <= 1
+
+
+def test_hook_removal_restores_the_processors(pipe, adapter, calibrated):
+    before = [(b.attn1.processor, b.attn2.processor) for b in pipe.transformer.blocks]
+    with AttentionHook(adapter, pipe.transformer, mode="sparse", profile=calibrated):
+        assert all(b.attn1.processor is not p for b, (p, _) in zip(pipe.transformer.blocks, before, strict=True))
+        assert all(b.attn2.processor is q for b, (_, q) in zip(pipe.transformer.blocks, before, strict=True))
+    assert [(b.attn1.processor, b.attn2.processor) for b in pipe.transformer.blocks] == before
+
+
+def test_calibrate_then_sparse_compare(pipe, adapter, calibrated, tmp_path):
+    meta = calibrated.meta
+    assert meta.grid == (3, 4, 8) and meta.nq == 6 and meta.bins == 2 and meta.layers == 2
+    assert meta.calibration["prompts"][1] == "a blue square moves up"
+    assert (calibrated.retained(0.99)[0] >= 0.99 - 1e-6).all()
+    steps = []
+    result = compare(pipe, adapter, _settings(guidance_scale=1.0, threshold=0.9), calibrated,
+                     on_step=lambda k, d, s, *_: steps.append((k, d, s)))
+    assert [k for k, *_ in steps] == list(range(STEPS))
+    assert len(result.dense.step_ms) == len(result.sparse.step_ms) == STEPS
+    assert all(ms > 0 for ms in result.dense.step_ms + result.sparse.step_ms)
+    report = result.report()
+    assert report["density"] < 1.0 and report["psnr"] > 5 and 0 < report["ssim"] <= 1
+    path = write_report(tmp_path / "report.json", report)
+    assert path.read_text().startswith("{")
+
+
+def test_profile_for_another_grid_is_refused(pipe, adapter, calibrated):
+    with pytest.raises(ValueError, match="token grid"):
+        generate(pipe, adapter, _settings(height=128), profile=calibrated)
+
+
+def test_cancelled_calibration_writes_nothing(pipe, adapter, tmp_path):
+    progress = Progress()
+    calls = []
+
+    def sink(phase, step, total, eta):
+        calls.append(step)
+        if step == 2:
+            progress.cancel()
+
+    progress.sink = sink
+    out = tmp_path / "cancelled.safetensors"
+    with pytest.raises(Cancelled):
+        calibrate(pipe, adapter, ["a red circle"], CalibrationSettings(**SIZE, steps=STEPS, bins=1, block=BLOCK), out,
+                  progress)
+    assert calls[-1] == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_mp4_export_decodes_to_the_right_frames(pipe, adapter, tmp_path):
+    import imageio.v3 as iio
+
+    clip = generate(pipe, adapter, _settings()).frames
+    path = write_mp4(tmp_path / "both.mp4", side_by_side(clip, clip))
+    frames = iio.imread(path, plugin="FFMPEG")
+    assert frames.shape == (9, 64, 2 * 128 + 8, 3)
+
+
+def test_wan_folder_round_trip_and_missing_parts(tmp_path):
+    folder = save_tiny_wan(tmp_path / "wan")
+    pipe = load_wan(folder)
+    assert WanAdapter().identity(pipe)["class"] == "WanTransformer3DModel"
+    for part in ("vae/config.json", "model_index.json"):
+        (folder / part).rename(folder / (part + ".gone"))
+        with pytest.raises(ModelLoadError, match=part.replace(".", "\\.")):
+            load_wan(folder)
+        (folder / (part + ".gone")).rename(folder / part)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_wan(tmp_path / "nowhere")
