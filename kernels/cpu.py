@@ -22,8 +22,8 @@ _CHUNK_KEYS = 4096
 
 def _pad(x: torch.Tensor, length: int) -> torch.Tensor:
     """Zero-pad (B, S, H, D) along S to ``length`` (a copy only when S is not a whole number of blocks)."""
-    if x.shape[1] == length and x.stride(-1) == 1 and x.stride(2) == x.shape[3] and x.stride(1) == x.shape[2] * x.shape[3]:
-        return x
+    if x.shape[1] == length:
+        return x  # any strides: the gathers below read strided blocks directly
     return F.pad(x, (0, 0, 0, 0, 0, length - x.shape[1])).contiguous()
 
 
@@ -76,7 +76,7 @@ def cpu_sparse_attention(
         uniq, sizes = torch.unique_consecutive(counts[h][order], return_counts=True)
         order = order.to(q.device)
         start = 0
-        for c, n in zip(uniq.tolist(), sizes.tolist()):
+        for c, n in zip(uniq.tolist(), sizes.tolist(), strict=True):
             rows_all = order[start : start + n]
             start += n
             step = max(1, cap // (c * bk))

@@ -91,7 +91,13 @@ class BlockLayout:
 
     @classmethod
     def dense(
-        cls, heads: int, q_len: int, k_len: int | None = None, block_q: int = 128, block_k: int = 128, device: Any = "cpu"
+        cls,
+        heads: int,
+        q_len: int,
+        k_len: int | None = None,
+        block_q: int = 128,
+        block_k: int = 128,
+        device: Any = "cpu",
     ) -> BlockLayout:
         """All blocks kept (density 1)."""
         k_len = q_len if k_len is None else k_len
@@ -101,7 +107,9 @@ class BlockLayout:
     def __post_init__(self) -> None:
         c, ix = self.kv_count, self.kv_index
         if c.dim() != 2 or ix.dim() != 3 or ix.shape[:2] != c.shape:
-            raise ValueError(f"kv_count [H, nq] and kv_index [H, nq, max_k] disagree: {tuple(c.shape)} vs {tuple(ix.shape)}")
+            raise ValueError(
+                f"kv_count [H, nq] and kv_index [H, nq, max_k] disagree: {tuple(c.shape)} vs {tuple(ix.shape)}"
+            )
         if c.dtype != torch.int32 or ix.dtype != torch.int32:
             raise ValueError("kv_count and kv_index must be int32")
         if c.shape[1] != _cdiv(self.q_len, self.block_q):

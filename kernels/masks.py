@@ -29,7 +29,7 @@ def random_block_mask(
     score = torch.rand(heads, nq, nk, generator=g)
     i = torch.arange(min(nq, nk))
     score[:, i, i] = -1.0
-    return _keep_fraction(score, density).to(device)
+    return _keep_fraction(score.to(device), density)
 
 
 def video_block_mask(
@@ -63,4 +63,4 @@ def video_block_mask(
     score = torch.minimum(local, stripe) + 1e-3 * torch.rand(heads, nb, nb, generator=g)
     i = torch.arange(nb)
     score[:, i, i] = -1.0
-    return _keep_fraction(score, density).to(device)
+    return _keep_fraction(score.to(device), density)

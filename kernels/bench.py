@@ -1,0 +1,306 @@
+"""``calibstudio bench kernels``: block-sparse attention backends side by side, written to JSON.
+
+On a GPU: S in {32760, 75600}, H=40, D=128, bf16, B=1, densities {1, .5, .25, .125, .0625}, random and
+video masks; SDPA cuDNN dense, flash-attn-4 dense, ours (``sparse_attention`` auto), our Triton kernel,
+flash-attn-4 sparse and FlexAttention sparse, medians of ``triton.testing.do_bench``. Also the layout
+build time and the block-mass kernel against one dense cuDNN call. On a CPU: the CPU path against dense
+SDPA at the demo model's shape. ``python -m calibstudio.kernels.bench --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .attention import choose_backend, fa4_importable, flex_sparse_attention, sparse_attention
+from .cpu import cpu_sparse_attention
+from .layout import BlockLayout
+from .masks import random_block_mask, video_block_mask
+from .mass import triton_block_mass
+from .triton_fwd import FwdConfig, triton_sparse_attention
+
+GRIDS = {32760: (21, 30, 52), 75600: (21, 45, 80)}
+DENSITIES = (1.0, 0.5, 0.25, 0.125, 0.0625)
+
+
+def _log(*a: Any) -> None:
+    print(*a, flush=True)
+
+
+def _gpu_name() -> str:
+    name = torch.cuda.get_device_name().lower()
+    for tag in ("h200", "h100", "a100", "l40s", "l4", "a10", "4090", "3090", "b200"):
+        if tag in name:
+            return tag
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-") or "gpu"
+
+
+def _bench_gpu(fn: Callable[[], Any], rep: int = 200) -> float | None:
+    from triton.testing import do_bench
+
+    try:
+        return float(do_bench(fn, warmup=50, rep=rep, return_mode="median"))
+    except Exception as e:  # a backend failing must not lose the rest of the table
+        _log(f"    ! {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+        return None
+
+
+def _try(fn: Callable[[], Any]) -> tuple[Any, str | None]:
+    try:
+        return fn(), None
+    except Exception as e:
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def _err(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return float((a.float() - b.float()).abs().max())
+
+
+def _mask(family: str, H: int, S: int, density: float, device: Any, seed: int = 0) -> torch.Tensor:
+    nb = -(-S // 128)
+    if density >= 1.0:
+        return torch.ones(H, nb, nb, dtype=torch.bool, device=device)
+    if family == "random":
+        return random_block_mask(H, nb, nb, density, seed=seed, device=device)
+    grid = GRIDS.get(S) or (1, 1, S)
+    return video_block_mask(H, grid, density, 128, seed=seed, device=device)
+
+
+def _layout_build_ms(H: int, S: int, device: Any) -> float:
+    """Median wall time (host, including the one sync) of building a layer's layout on the device."""
+    m = _mask("video", H, S, 0.125, device)
+    ts = []
+    for _ in range(12):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        BlockLayout.from_mask(m, 128, 128, S, S)
+        torch.cuda.synchronize()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts[2:])
+
+
+def _sweep_triton(q, k, v, layouts: dict[str, BlockLayout], configs: list[FwdConfig]) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    for cfg in configs:
+        row = {}
+        for name, lay in layouts.items():
+            row[name] = _bench_gpu(lambda cfg=cfg, lay=lay: triton_sparse_attention(q, k, v, lay, config=cfg), rep=100)
+        res[str(cfg)] = row
+        _log(f"  triton {cfg}: " + ", ".join(f"{n}={t:.2f}" if t else f"{n}=fail" for n, t in row.items()))
+    return res
+
+
+def _bench_seq(S: int, args: argparse.Namespace, result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    dev = torch.device("cuda")
+    H, D, B = args.heads, args.head_dim, 1
+    dt = torch.bfloat16
+    seqs = [int(s) for s in args.seqs.split(",")]
+    dens = [float(d) for d in args.densities.split(",")]
+    fams = args.masks.split(",")
+    have_fa4 = fa4_importable()
+    g = torch.Generator(device=dev).manual_seed(S)
+    q, k, v = (torch.randn(B, S, H, D, device=dev, dtype=dt, generator=g) for _ in range(3))
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    result["layout_build_ms"][str(S)] = _layout_build_ms(H, S, dev)
+    _log(f"S={S}: layout build {result['layout_build_ms'][str(S)]:.2f} ms")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def cudnn(qt=qt, kt=kt, vt=vt):
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return F.scaled_dot_product_attention(qt, kt, vt)
+
+    ms_cudnn = _bench_gpu(cudnn)
+    ms_fa4_dense = None
+    if have_fa4:
+        from flash_attn.cute.interface import flash_attn_func
+
+        ms_fa4_dense = _bench_gpu(lambda: flash_attn_func(q, k, v))
+    best_dense = min(x for x in (ms_cudnn, ms_fa4_dense) if x is not None) if (ms_cudnn or ms_fa4_dense) else None
+    _log(f"  dense: cudnn {ms_cudnn}  fa4 {ms_fa4_dense}")
+    if args.sweep and S == seqs[0]:
+        lays = {
+            "d1": BlockLayout.from_mask(_mask("random", H, S, 1.0, dev), 128, 128, S, S),
+            "d.25": BlockLayout.from_mask(_mask("random", H, S, 0.25, dev), 128, 128, S, S),
+        }
+        cfgs = [FwdConfig(*c) for c in ((128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3),
+                                        (128, 64, 8, 4), (64, 64, 4, 3), (128, 128, 4, 2))]
+        sweep = _sweep_triton(q, k, v, lays, cfgs)
+        result["triton_sweep"][str(S)] = sweep
+        ok = {c: r["d1"] + r["d.25"] for c, r in sweep.items() if r["d1"] and r["d.25"]}
+        if ok:
+            best = min(ok, key=ok.get)
+            os.environ["CALIBSTUDIO_TRITON_FWD"] = best
+            _log(f"  triton config chosen: {best}")
+    if args.mass:
+        _, lse = triton_sparse_attention(q, k, v, BlockLayout.dense(H, S, device=dev), return_lse=True)
+        for fast in (True, False):
+            ms = _bench_gpu(lambda fast=fast: triton_block_mass(q, k, lse, fast_exp=fast), rep=100)
+            result["mass"].append({"S": S, "fast_exp": fast, "ms": ms, "ms_cudnn_dense": ms_cudnn,
+                                   "ratio_to_cudnn": (ms / ms_cudnn) if ms and ms_cudnn else None})
+            _log(f"  mass fast_exp={fast}: {ms} ms  ({(ms or 0) / (ms_cudnn or 1):.3f} x cudnn dense)")
+        del lse
+    for fam in fams:
+        for d in dens:
+            if d >= 1.0 and fam != fams[0]:
+                continue  # density 1 is the same mask for every family
+            lay = BlockLayout.from_mask(_mask(fam, H, S, d, dev, seed=int(d * 1000)), 128, 128, S, S)
+            ref, _ = _try(lambda lay=lay: triton_sparse_attention(q, k, v, lay))
+            row: dict[str, Any] = {"S": S, "H": H, "D": D, "B": B, "density": round(lay.density, 5),
+                                   "density_target": d, "mask": fam if d < 1 else "dense",
+                                   "repeated_rows": round(lay.repeated_rows(), 4), "max_k": lay.max_k}
+            row["ms_triton"] = _bench_gpu(lambda lay=lay: triton_sparse_attention(q, k, v, lay))
+            row["ms_ours"] = _bench_gpu(lambda lay=lay: sparse_attention(q, k, v, lay))
+            o, e = _try(lambda lay=lay: sparse_attention(q, k, v, lay))
+            row["err_ours_vs_triton"] = _err(o, ref)
+            row["ms_fa4"] = None
+            if have_fa4:
+                row["ms_fa4"] = _bench_gpu(lambda lay=lay: sparse_attention(q, k, v, lay, backend="fa4"))
+            row["ms_flex"] = _bench_gpu(lambda lay=lay: flex_sparse_attention(q, k, v, lay))
+            o, e = _try(lambda lay=lay: flex_sparse_attention(q, k, v, lay))
+            row["err_flex_vs_triton"] = _err(o, ref)
+            row["ms_cudnn_dense"] = ms_cudnn
+            row["ms_fa4_dense"] = ms_fa4_dense
+            if best_dense and row["ms_ours"]:
+                row["ours_over_ideal"] = row["ms_ours"] / (lay.density * best_dense)
+            if row["ms_triton"] and row["ms_flex"]:
+                row["flex_over_triton"] = row["ms_flex"] / row["ms_triton"]
+            if best_dense and row["ms_triton"]:
+                row["triton_over_ideal"] = row["ms_triton"] / (lay.density * best_dense)
+            rows.append(row)
+            _log("  " + _fmt_row(row))
+            del ref, o
+
+
+def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
+    dev = torch.device("cuda")
+    seqs = [int(s) for s in args.seqs.split(",")]
+    have_fa4 = fa4_importable()
+    ours = choose_backend(dev, "auto")
+    _log(f"device {torch.cuda.get_device_name()}  fa4={'yes' if have_fa4 else 'no'}  ours={ours}")
+    result: dict[str, Any] = {"layout_build_ms": {}, "mass": [], "triton_sweep": {}, "ours_backend": ours}
+    rows: list[dict[str, Any]] = []
+    for S in seqs:
+        _bench_seq(S, args, result, rows)
+        torch.cuda.empty_cache()
+    result["rows"] = rows
+    return result
+
+
+def _f(x: Any, nd: int = 2) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def _fmt_row(r: dict[str, Any]) -> str:
+    return (f"S={r['S']} {r['mask']:6s} d={r['density']:.3f} ours={_f(r.get('ms_ours'))} "
+            f"triton={_f(r.get('ms_triton'))} fa4={_f(r.get('ms_fa4'))} flex={_f(r.get('ms_flex'))} "
+            f"| ours/(d*best)={_f(r.get('ours_over_ideal'))} flex/triton={_f(r.get('flex_over_triton'))}")
+
+
+def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    # Demo-model-like shapes: (S, H, frames x height x width token grid).
+    shapes = [(512, 4, (2, 16, 16))] if args.quick else [(2048, 12, (8, 16, 16)), (3120, 8, (13, 15, 16)),
+                                                          (4096, 8, (16, 16, 16))]
+    dens = [0.25] if args.quick else [0.5, 0.25, 0.125]
+    reps = 3 if args.quick else 7
+    rows = []
+    for S, H, grid in shapes:
+        q, k, v = (torch.randn(1, S, H, 64) for _ in range(3))
+        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+        nb = -(-S // 128)
+        for fam in ("random", "video"):
+            for d in dens:
+                m = random_block_mask(H, nb, nb, d) if fam == "random" else video_block_mask(H, grid, d)
+                lay = BlockLayout.from_mask(m, 128, 128, S, S)
+
+                def dense(qt=qt, kt=kt, vt=vt):
+                    return F.scaled_dot_product_attention(qt, kt, vt)
+
+                def sparse(q=q, k=k, v=v, lay=lay):
+                    return cpu_sparse_attention(q, k, v, lay)
+
+                dense(), sparse()
+                td, ts = [], []
+                for _ in range(reps):  # interleaved: this box's speed drifts with its neighbours
+                    t = time.perf_counter()
+                    dense()
+                    td.append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    sparse()
+                    ts.append(time.perf_counter() - t)
+                row = {"S": S, "H": H, "D": 64, "B": 1, "density": round(lay.density, 5), "mask": fam,
+                       "ms_ours": 1e3 * statistics.median(ts), "ms_cpu": 1e3 * statistics.median(ts),
+                       "ms_sdpa_dense": 1e3 * statistics.median(td),
+                       "speedup": statistics.median(a / b for a, b in zip(td, ts, strict=True)),
+                       "ms_triton": None, "ms_fa4": None, "ms_flex": None, "ms_cudnn_dense": None,
+                       "ms_fa4_dense": None, "threads": args.threads}
+                rows.append(row)
+                _log(f"S={S} H={H} {fam:6s} d={row['density']:.3f}: cpu {row['ms_ours']:.1f} ms, "
+                     f"dense sdpa {row['ms_sdpa_dense']:.1f} ms, speedup {row['speedup']:.2f}x")
+    return {"rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry: ``calibstudio bench kernels [--out PATH] [--quick]``; returns the exit code."""
+    p = argparse.ArgumentParser(prog="calibstudio bench kernels", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=None, help="JSON path (default docs/benchmarks/kernels-<gpu|cpu>.json)")
+    p.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
+    p.add_argument("--cpu", action="store_true", help="run the CPU benchmark even when a GPU is present")
+    p.add_argument("--seqs", default="32760,75600")
+    p.add_argument("--densities", default=",".join(str(d) for d in DENSITIES))
+    p.add_argument("--masks", default="random,video")
+    p.add_argument("--heads", type=int, default=40)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (the CPU benchmark)")
+    p.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the Triton config sweep")
+    p.add_argument("--no-mass", dest="mass", action="store_false", help="skip the block-mass kernel")
+    p.add_argument("--partial", default=None, help="also rewrite this JSON after every row")
+    args = p.parse_args(argv)
+    gpu = torch.cuda.is_available() and not args.cpu
+    if gpu and args.quick:
+        args.seqs, args.densities, args.heads = "4096", "1,0.25", 8
+        args.sweep = False
+    res = run_gpu(args) if gpu else run_cpu(args)
+    import triton
+
+    doc = {
+        "device": torch.cuda.get_device_name() if gpu else (platform.processor() or platform.machine()),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": sys.version.split()[0],
+        "quick": bool(args.quick),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if gpu:
+        try:
+            import importlib.metadata as md
+
+            doc["flash_attn_4"] = md.version("flash-attn-4")
+        except Exception:
+            doc["flash_attn_4"] = None
+    doc.update(res)
+    out = Path(args.out or f"docs/benchmarks/kernels-{_gpu_name() if gpu else 'cpu'}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+    _log(f"wrote {out}")
+    if gpu:
+        _log("\n" + "\n".join(_fmt_row(r) for r in res["rows"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,181 @@
+"""Kernels on the CPU: layout edge cases, CPU path, backend choice, and the Triton kernels interpreted."""
+
+import os
+
+import torch  # does not import triton
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
+
+import pytest  # noqa: E402
+
+from calibstudio.kernels.attention import BackendUnavailable, available_backends, choose_backend, sparse_attention
+from calibstudio.kernels.cpu import cpu_sparse_attention
+from calibstudio.kernels.layout import BlockLayout, EmptyRowError
+from calibstudio.kernels.masks import random_block_mask, video_block_mask
+from calibstudio.kernels.mass import torch_block_mass, triton_block_mass
+from calibstudio.kernels.reference import reference_attention, reference_block_mass, reference_lse
+from calibstudio.kernels.triton_fwd import FwdConfig, triton_sparse_attention
+
+
+def _interpreted() -> bool:
+    """Our kernels were decorated in interpreter mode (triton was first imported after the env var was set)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from calibstudio.kernels import triton_fwd
+
+    return isinstance(triton_fwd._sparse_fwd_kernel, InterpretedFunction)
+
+
+INTERPRETED = _interpreted()
+
+
+def _qkv(B, S, H, D, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, S, H, D, generator=g, dtype=dtype) for _ in range(3)]
+
+
+def _layout(H, S, block, density, seed):
+    nb = -(-S // block)
+    return BlockLayout.from_mask(random_block_mask(H, nb, nb, density, seed=seed), block, block, S, S)
+
+
+# ------------------------------------------------------------------------------------------------ layout
+def test_layout_sorted_padded_and_roundtrip():
+    m = random_block_mask(3, 6, 9, 0.3, seed=2)
+    lay = BlockLayout.from_mask(m, 64, 32, 6 * 64 - 5, 9 * 32 - 7)
+    assert torch.equal(lay.to_mask(), m)
+    assert lay.kv_count.dtype == torch.int32 and lay.kv_index.dtype == torch.int32
+    assert lay.max_k == int(m.sum(-1).max())
+    for h in range(3):
+        for i in range(6):
+            c = int(lay.kv_count[h, i])
+            row = lay.kv_index[h, i].tolist()
+            assert row[:c] == sorted(torch.nonzero(m[h, i]).flatten().tolist())
+            assert all(x == row[c - 1] for x in row[c:])
+    assert abs(lay.density - m.double().mean().item()) < 1e-9
+    assert "density=" in repr(lay)
+
+
+def test_layout_rejects_empty_row_naming_it():
+    m = torch.ones(2, 3, 4, dtype=torch.bool)
+    m[1, 2] = False
+    with pytest.raises(EmptyRowError, match="head 1, query block 2"):
+        BlockLayout.from_mask(m)
+
+
+def test_layout_dense_and_single_block():
+    d = BlockLayout.dense(4, 300, block_q=128, block_k=128)
+    assert d.density == 1.0 and d.max_k == 3 and d.num_q_blocks == 3
+    s = BlockLayout.from_mask(torch.ones(1, 1, 1, dtype=torch.bool), 64, 64, 10, 10)
+    assert s.max_k == 1 and s.kept == 1
+    q, k, v = _qkv(1, 10, 1, 16, 0)
+    torch.testing.assert_close(cpu_sparse_attention(q, k, v, s), reference_attention(q, k, v, s), atol=1e-5, rtol=0)
+
+
+def test_layout_rejects_bad_lengths():
+    with pytest.raises(ValueError, match="q_len"):
+        BlockLayout.from_mask(torch.ones(1, 2, 2, dtype=torch.bool), 128, 128, 300, 256)
+
+
+def test_masks_hit_density():
+    for fam in ("random", "video"):
+        m = random_block_mask(4, 20, 20, 0.25) if fam == "random" else video_block_mask(4, (4, 10, 16), 0.25, 32)
+        assert abs(m.float().mean().item() - 0.25) < 0.01
+        assert bool(m.any(-1).all())  # the diagonal keeps every row non-empty
+
+
+# ------------------------------------------------------------------------------------------------ CPU path
+@pytest.mark.parametrize("S", [64, 200, 333])
+@pytest.mark.parametrize("density", [1.0, 0.3])
+def test_cpu_path_matches_reference(S, density):
+    q, k, v = _qkv(2, S, 3, 64, S)
+    lay = _layout(3, S, 64, density, S)
+    out, lse = cpu_sparse_attention(q, k, v, lay, return_lse=True)
+    torch.testing.assert_close(out, reference_attention(q, k, v, lay), atol=1e-4, rtol=0)
+    torch.testing.assert_close(lse, reference_lse(q, k, lay), atol=1e-4, rtol=0)
+    torch.testing.assert_close(cpu_sparse_attention(q, k, v, lay), out, atol=1e-5, rtol=0)
+
+
+def test_cpu_path_strided_input_and_bf16():
+    qkv = torch.randn(1, 200, 3, 2, 64)  # a packed projection: q, k, v are strided views
+    q, k, v = qkv.unbind(2)
+    lay = _layout(2, 200, 64, 0.5, 1)
+    torch.testing.assert_close(cpu_sparse_attention(q, k, v, lay), reference_attention(q, k, v, lay),
+                               atol=1e-4, rtol=0)
+    qb, kb, vb = (x.bfloat16() for x in (q, k, v))
+    out = cpu_sparse_attention(qb, kb, vb, lay)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference_attention(qb, kb, vb, lay).float(), atol=2e-2, rtol=0)
+
+
+def test_torch_block_mass_matches_reference():
+    q, k, _ = _qkv(2, 200, 2, 32, 5)
+    ref = reference_block_mass(q, k, 64, 64)
+    torch.testing.assert_close(torch_block_mass(q, k, None, 64, 64, chunk=2), ref, atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch_block_mass(q, k, reference_lse(q, k), 64, 64), ref, atol=1e-4, rtol=0)
+    assert abs(ref.sum().item() - 2 * 2 * 200) < 1e-2  # each query row's probabilities sum to 1
+
+
+# ------------------------------------------------------------------------------------------------ backends
+def test_backend_choice_falls_back_on_cpu():
+    assert choose_backend("cpu") == "cpu"
+    assert "cpu" in available_backends("cpu") and "fa4" not in available_backends("cpu")
+    q, k, v = _qkv(1, 200, 2, 64, 3)
+    lay = _layout(2, 200, 64, 0.5, 3)
+    torch.testing.assert_close(sparse_attention(q, k, v, lay), reference_attention(q, k, v, lay), atol=1e-4, rtol=0)
+    for b in ("fa4", "triton", "flex"):
+        with pytest.raises(BackendUnavailable):
+            sparse_attention(q, k, v, lay, backend=b)
+    with pytest.raises(BackendUnavailable, match="unknown backend"):
+        choose_backend("cpu", "nope")
+
+
+def test_backend_choice_without_fa4(monkeypatch):
+    import calibstudio.kernels.attention as att
+
+    monkeypatch.setattr(att, "fa4_importable", lambda: False)
+    monkeypatch.setattr(att.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(att.torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    assert att.choose_backend(torch.device("cuda", 0)) == "triton"
+    with pytest.raises(BackendUnavailable, match="flash-attn-4"):
+        att.choose_backend(torch.device("cuda", 0), "fa4")
+
+
+def test_custom_op_compiles_on_cpu():
+    q, k, v = _qkv(1, 128, 2, 32, 4)
+    lay = _layout(2, 128, 64, 0.5, 4)
+    f = torch.compile(lambda q, k, v: sparse_attention(q, k, v, lay) * 2, fullgraph=True, backend="eager")
+    torch.testing.assert_close(f(q, k, v), 2 * reference_attention(q, k, v, lay), atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ Triton, interpreted
+@pytest.mark.skipif(not INTERPRETED, reason="interpreter tests run where there is no GPU")
+@pytest.mark.parametrize("S", [64, 200, 333])
+@pytest.mark.parametrize("D", [64, 128])
+def test_triton_fwd_interpreted(S, D):
+    q, k, v = _qkv(1, S, 2, D, S + D)
+    lay = _layout(2, S, 64, 0.5, S)
+    cfg = FwdConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)  # split rows and blocks: all paths
+    out, lse = triton_sparse_attention(q, k, v, lay, return_lse=True, config=cfg)
+    torch.testing.assert_close(out, reference_attention(q, k, v, lay), atol=1e-4, rtol=0)
+    torch.testing.assert_close(lse, reference_lse(q, k, lay), atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="interpreter tests run where there is no GPU")
+def test_triton_fwd_interpreted_strided_default_config():
+    qkv = torch.randn(2, 150, 2, 3, 64)  # (B, S, H, 3, D): q, k, v strided views, no copies
+    q, k, v = qkv.unbind(3)
+    lay = _layout(2, 150, 64, 0.6, 7)
+    torch.testing.assert_close(triton_sparse_attention(q, k, v, lay), reference_attention(q, k, v, lay),
+                               atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="interpreter tests run where there is no GPU")
+@pytest.mark.parametrize("S", [64, 200, 333])
+@pytest.mark.parametrize("D", [64, 128])
+def test_triton_mass_interpreted(S, D):
+    q, k, _ = _qkv(2 if S == 200 else 1, S, 1, D, S * D)
+    lse = reference_lse(q, k)
+    got = triton_block_mass(q, k, lse, 64, 64, num_warps=4, num_stages=1)
+    torch.testing.assert_close(got, reference_block_mass(q, k, 64, 64), atol=1e-4, rtol=0)
