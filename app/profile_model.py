@@ -183,6 +183,6 @@ class ProfileModel(QObject):
                 densities=densities, retained_mean=mean, retained_worst=worst, density=density,
                 mean_retained=float(mean.mean()), worst_retained=float(worst[worst_at]),
                 worst_at=worst_at,  # type: ignore[arg-type]
-                speedup=estimate(p.meta.tokens, density),
+                speedup=estimate(p.meta.tokens, density, p.meta.model),
             )
         return self._stats

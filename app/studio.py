@@ -34,10 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.screenshot and not os.environ.get("QT_QPA_PLATFORM"):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
-    if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
-        # the offscreen plugin warns about window-manager hints it cannot honour; they are noise here
-        os.environ.setdefault("QT_LOGGING_RULES", "qt.qpa.*=false")
 
+    from PySide6.QtCore import qInstallMessageHandler
     from PySide6.QtWidgets import QApplication
 
     from calibstudio.app.main_window import MainWindow
@@ -50,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"calibstudio studio: error: --threshold {args.threshold} is outside {TAU_MIN}..{TAU_MAX}",
               file=sys.stderr)
         return 1
+    qInstallMessageHandler(_qt_message)
     app = QApplication.instance() or QApplication(["calibstudio"])
     app.setOrganizationName(ORGANISATION)
     app.setApplicationName(APPLICATION)
@@ -77,6 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _screenshot(app, window, args.screenshot, tuple(args.size))
     window.show()
     return int(app.exec())
+
+
+_QT_NOISE = ("propagateSizeHints",)  # the offscreen plugin cannot honour window-manager hints: not a problem
+
+
+def _qt_message(_mode, _context, message: str) -> None:
+    """Qt's own warnings to stderr, minus known noise of the offscreen platform."""
+    if not any(noise in message for noise in _QT_NOISE):
+        print(message, file=sys.stderr)
 
 
 def _reopen_last(window) -> None:
