@@ -38,7 +38,7 @@ def test_every_subcommand_has_help():
 
 
 def test_unbuilt_subcommands_say_so_and_fail():
-    for name in ("engine", "calibrate", "generate", "compare"):
+    for name in ("engine",):
         result = run(name)
         assert result.returncode != 0
         assert result.stderr.strip().count("\n") == 0 and "not available yet" in result.stderr
@@ -112,3 +112,26 @@ def test_synthetic_profile_round_trip(tmp_path):
 def test_parser_is_one_object():
     parser = build_parser()
     assert parser.parse_args(["profile", "show", "x", "-t", "0.99"]).threshold == 0.99
+
+
+@pytest.mark.slow
+def test_calibrate_generate_compare_on_the_tiny_model(tmp_path):
+    pytest.importorskip("diffusers")
+    profile = tmp_path / "tiny.safetensors"
+    result = run("calibrate", "--model", "tiny", "--limit", "2", "--block", "16", "--bins", "2", "--out", str(profile))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "wrote" in result.stdout and profile.is_file()
+    out = tmp_path / "compare"
+    result = run("compare", "--model", "tiny", "--profile", str(profile), "-t", "0.9", "--prompt", "a red circle",
+                 "--out-dir", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["speedup"] > 0 and summary["density"] < 1
+    assert sorted(p.name for p in out.iterdir()) == ["dense.mp4", "report.json", "side_by_side.mp4", "sparse.mp4"]
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["step_ms"]["dense"]) == len(report["step_ms"]["sparse"]) == 4
+    wrong = run("generate", "--model", "tiny", "--profile", str(profile), "--prompt", "x", "--height", "128",
+                "--out", str(tmp_path / "g.mp4"))
+    assert wrong.returncode == 1 and "token grid" in wrong.stderr and not (tmp_path / "g.mp4").exists()
+    missing = run("generate", "--model", str(tmp_path / "no-such-model"), "--prompt", "x", "--out", "g.mp4")
+    assert missing.returncode == 1 and "neither a local diffusers folder" in missing.stderr

@@ -22,9 +22,6 @@ if TYPE_CHECKING:
 # Subcommands whose implementation has not landed yet: (name, help, issue that brings it).
 _COMING = {
     "engine": ("run the engine server (JSON lines on stdin/stdout)", "the engine issue"),
-    "calibrate": ("calibrate a model: measure block attention mass and write a profile", "the engine issue"),
-    "generate": ("generate a clip, dense or sparse from a profile", "the engine issue"),
-    "compare": ("generate dense and sparse clips in lockstep and report the speedup", "the engine issue"),
 }
 # Benchmarks: name -> (help, module with a ``main(argv) -> int``).
 _BENCHES = {
@@ -159,6 +156,55 @@ def _profile_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job(name: str) -> Callable[[argparse.Namespace], int]:
+    """Run ``calibstudio.engine.jobs_cli.run_<name>``; engine errors become one-line CLI errors."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            from calibstudio.engine import jobs_cli
+        except ImportError as error:
+            raise CliError(f"the engine needs torch and diffusers ({error}); install 'calibstudio[engine]'") from None
+        from calibstudio.engine.models.base import ModelLoadError
+        from calibstudio.engine.profile import ProfileError
+        from calibstudio.engine.progress import Cancelled
+
+        try:
+            return getattr(jobs_cli, f"run_{name}")(args)
+        except (ModelLoadError, ProfileError, ValueError) as error:
+            raise CliError(str(error)) from None
+        except Cancelled:
+            raise KeyboardInterrupt from None
+
+    return run
+
+
+def _job_parser(commands: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:
+    """Options every model job shares: model, size, steps, seed, device."""
+    job = commands.add_parser(name, help=text, description=text + ".")
+    job.add_argument("--model", default="tiny",
+                     help="a local diffusers Wan folder, or 'tiny' (random weights, for smoke tests; the bundled "
+                          "demo model becomes the default once it ships) (default: tiny)")
+    job.add_argument("--height", type=int, help="clip height in pixels (default: the model's)")
+    job.add_argument("--width", type=int, help="clip width in pixels (default: the model's)")
+    job.add_argument("--frames", type=int, help="frames, 4k+1 for Wan (default: the model's)")
+    job.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    job.add_argument("--guidance-scale", dest="guidance_scale", type=float, help="classifier-free guidance")
+    job.add_argument("--negative-prompt", default="", help="negative prompt")
+    job.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    job.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    job.set_defaults(run=_job(name))
+    return job
+
+
+def _sparse_options(job: argparse.ArgumentParser, required: bool) -> None:
+    job.add_argument("--profile", required=required, help="calibration profile (.safetensors)")
+    job.add_argument("--threshold", "-t", type=float, default=0.999,
+                     help="retained-mass threshold in 0.90..0.9999 (default 0.999)")
+    job.add_argument("--backend", default="auto", help="attention backend: auto, fa4, triton, flex, cpu")
+    job.add_argument("--warmup", type=int, default=0, help="dense warm-up steps before timing (default 0)")
+    job.add_argument("--prompt", required=True, help="text prompt")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The one parser for every subcommand (also used to render ``--help`` in the docs)."""
     parser = argparse.ArgumentParser(
@@ -183,6 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     studio.add_argument("--layer", type=int, help="layer to show")
     studio.add_argument("--head", type=int, help="head to show")
     studio.set_defaults(run=_studio)
+
+    calibrate = _job_parser(commands, "calibrate",
+                            "calibrate a model: measure block attention mass and write a profile")
+    calibrate.add_argument("--prompts", help="prompt file, one a line (default: the bundled set)")
+    calibrate.add_argument("--limit", type=int, help="use only the first N prompts")
+    calibrate.add_argument("--bins", type=int, default=4, help="step bins (default 4)")
+    calibrate.add_argument("--block", type=int, default=128, help="block size in tokens (default 128)")
+    calibrate.add_argument("--out", required=True, help="profile to write (.safetensors)")
+    generate = _job_parser(commands, "generate", "generate a clip, dense or sparse from a profile")
+    _sparse_options(generate, required=False)
+    generate.add_argument("--out", required=True, help="MP4 to write")
+    compare = _job_parser(commands, "compare", "generate dense and sparse clips in lockstep and report the speedup")
+    _sparse_options(compare, required=True)
+    compare.add_argument("--out-dir", required=True,
+                         help="folder for dense.mp4, sparse.mp4, side_by_side.mp4 and report.json")
 
     bench = commands.add_parser("bench", help="benchmarks that write JSON under docs/benchmarks/",
                                 description="Run a benchmark; options after the name go to it "
