@@ -1,0 +1,269 @@
+"""Prompt adherence for the demo model: does a clip show the colour, shape and motion its caption asks for?
+
+The checker reads a clip with the generator's own rules, so that on the generator's renders it is
+right (nearly) always and a generated clip is scored by how well it imitates them:
+
+- background: the median of the border pixels (the shape never covers the whole border);
+- foreground: per frame, pixels far from the background; the shape's colour is the median of the
+  most distinct of them, and a pixel belongs to the shape when it is more than half way from the
+  background to that colour (which also undoes the anti-aliasing);
+- colour: nearest palette entry (``scenes.SHAPE_COLORS``) over the first and the last frames; if
+  they differ, the clip changes colour;
+- shape: each of the generator's shapes, drawn by its own renderer with the foreground's area and
+  centroid, is laid over the foreground; the closest wins, by vote over the largest frames;
+- motion: area ratio first/last (grow, shrink), then the centroid track: net displacement (moves)
+  versus path length (a bounce goes out and comes back).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from calibstudio.engine.models.demo.captions import ParsedCaption, parse_caption
+from calibstudio.engine.models.demo.scenes import (
+    BACKGROUNDS,
+    PALETTE,
+    SHAPE_AREA,
+    SHAPE_CENTROID_DY,
+    SHAPE_COLORS,
+    SHAPES,
+    shape_coverage,
+)
+
+# Thresholds, in 0..255 colour units and frame fractions. The generator keeps shape and background
+# >= 100 apart and shape colours >= 95 apart; motions travel >= 0.3 of the frame, bounces come back
+# >= 0.24, growth changes the area >= 2.9x: the thresholds sit well inside those margins.
+_BORDER_SPREAD_MAX = 25.0  # mean absolute deviation of border pixels from their median
+_CANDIDATE = 45.0  # a pixel this far from the background may belong to the shape
+_CORE_SPREAD_MAX = 30.0  # the shape is one flat colour: spread of its most distinct pixels
+_MIN_AREA = 6  # pixels; fewer and the frame shows no shape
+_MAX_AREA_FRACTION = 0.5
+_RECOLOR_MIN_DISTANCE = 50.0
+_GROW_RATIO = 1.5
+_MOVE_MIN = 0.12
+_BOUNCE_MIN = 0.10
+_SHAPE_FRAMES = 3
+
+
+@dataclass(frozen=True)
+class ClipReading:
+    """What a clip shows, read without a caption; None where nothing could be read."""
+
+    detected: bool
+    color: str | None = None
+    shape: str | None = None
+    motion: str | None = None
+    target_color: str | None = None
+    background: str | None = None
+
+
+@dataclass(frozen=True)
+class Adherence:
+    """A clip scored against its caption: per-attribute verdicts, what was read and what was asked.
+
+    ``direction_ok`` covers the whole motion (for a colour change: also the target colour). An
+    attribute the caption does not state counts as not adhered to, as it cannot be verified.
+    """
+
+    color_ok: bool
+    shape_ok: bool
+    direction_ok: bool
+    background_ok: bool
+    reading: ClipReading
+    expected: ParsedCaption
+
+
+def _as_float(clip: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    arr = np.asarray(clip)
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"expected a clip [F, H, W, 3], got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float64)
+    lo, hi = value_range
+    return np.clip((arr.astype(np.float64) - lo) * (255.0 / (hi - lo)), 0.0, 255.0)
+
+
+def _nearest(rgb: np.ndarray, names: Sequence[str]) -> str:
+    table = np.array([PALETTE[n] for n in names], dtype=np.float64)
+    return names[int(np.argmin(np.linalg.norm(table - rgb, axis=1)))]
+
+
+def _drop_isolated(mask: np.ndarray) -> np.ndarray:
+    """Remove pixels without any of their 8 neighbours set (noise, not shape)."""
+    padded = np.pad(mask, 1)
+    h, w = mask.shape
+    neighbours = np.zeros(mask.shape, dtype=np.int32)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            if dy != 1 or dx != 1:
+                neighbours += padded[dy : dy + h, dx : dx + w]
+    return mask & (neighbours > 0)
+
+
+def classify_shape(coverage: np.ndarray, mask: np.ndarray) -> str:
+    """Name the shape whose generator template, placed by area and centroid, best fits the foreground.
+
+    ``coverage`` is the soft foreground [H, W] (0 background .. 1 shape), ``mask`` its thresholded
+    form. Each candidate shape is rendered by the generator's own rule (``scenes.shape_coverage``)
+    with the radius that gives the mask's area and the centre that gives its centroid; the one with
+    the smallest L1 distance to ``coverage`` wins. Whole-area matching is robust to noisy and
+    half-covered edge pixels, which single-feature rules (bounding-box fill) are not.
+    """
+    ys, xs = np.nonzero(mask)
+    area = float(ys.size)
+    cx, cy = float(xs.mean()) + 0.5, float(ys.mean()) + 0.5
+    height, width = mask.shape
+    pad = 3
+    y0, y1 = max(0, ys.min() - pad), min(height, ys.max() + 1 + pad)
+    x0, x1 = max(0, xs.min() - pad), min(width, xs.max() + 1 + pad)
+    observed = coverage[y0:y1, x0:x1]
+    best, best_err = SHAPES[0], np.inf
+    for shape in SHAPES:
+        radius = float(np.sqrt(area / SHAPE_AREA[shape]))
+        template = shape_coverage(shape, cx, cy - SHAPE_CENTROID_DY[shape] * radius, radius, height, width)
+        err = float(np.abs(template[y0:y1, x0:x1] - observed).sum())
+        if err < best_err:
+            best, best_err = shape, err
+    return best
+
+
+def read_clip(clip: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0)) -> ClipReading:
+    """Read background, shape colour, shape and motion off a clip [F, H, W, 3].
+
+    uint8 clips are taken as 0..255; float clips as ``value_range`` (default 0..1) and clipped.
+    A clip without a flat background and one flat-coloured object gives ``detected=False``.
+    """
+    px = _as_float(clip, value_range)
+    frames, height, width, _ = px.shape
+    border = np.concatenate(
+        [px[:, 0].reshape(-1, 3), px[:, -1].reshape(-1, 3), px[:, :, 0].reshape(-1, 3), px[:, :, -1].reshape(-1, 3)]
+    )
+    bg = np.median(border, axis=0)
+    if float(np.mean(np.abs(border - bg))) > _BORDER_SPREAD_MAX:
+        return ClipReading(detected=False)
+    background = _nearest(bg, BACKGROUNDS)
+
+    times: list[float] = []
+    colours: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    covers: list[np.ndarray] = []
+    for f in range(frames):
+        diff = px[f] - bg
+        dist = np.linalg.norm(diff, axis=-1)
+        cand = dist > _CANDIDATE
+        if cand.sum() < _MIN_AREA:
+            continue
+        ref = np.percentile(dist[cand], 90)
+        core = cand & (dist >= 0.75 * ref)
+        fg = np.median(px[f][core], axis=0)
+        if float(np.mean(np.abs(px[f][core] - fg))) > _CORE_SPREAD_MAX:
+            continue
+        axis = fg - bg
+        norm2 = float(axis @ axis)
+        if norm2 < _CANDIDATE**2:
+            continue
+        soft = (diff @ axis) / norm2
+        mask = _drop_isolated(soft > 0.5)
+        area = int(mask.sum())
+        if area < _MIN_AREA or area > _MAX_AREA_FRACTION * height * width:
+            continue
+        times.append(f / max(frames - 1, 1))
+        colours.append(fg)
+        masks.append(mask)
+        covers.append(np.clip(soft, 0.0, 1.0))
+    if len(masks) < max(2, frames // 2):
+        return ClipReading(detected=False, background=background)
+
+    n = len(masks)
+    quarter = max(1, n // 4)
+    first_rgb = np.median(np.array(colours[:quarter]), axis=0)
+    last_rgb = np.median(np.array(colours[-quarter:]), axis=0)
+    first, last = _nearest(first_rgb, SHAPE_COLORS), _nearest(last_rgb, SHAPE_COLORS)
+    recolor = first != last and float(np.linalg.norm(first_rgb - last_rgb)) >= _RECOLOR_MIN_DISTANCE
+    color = first if recolor else _nearest(np.median(np.array(colours), axis=0), SHAPE_COLORS)
+
+    areas = np.array([m.sum() for m in masks], dtype=np.float64)
+    big = np.flatnonzero(areas >= 0.6 * areas.max())
+    chosen = big[np.linspace(0, big.size - 1, min(_SHAPE_FRAMES, big.size)).round().astype(int)]
+    largest_index = int(np.argmax(areas))
+    labels = {int(i): classify_shape(covers[int(i)], masks[int(i)]) for i in {*chosen.tolist(), largest_index}}
+    votes = Counter(labels[int(i)] for i in chosen)
+    largest = labels[largest_index]
+    shape = largest if votes[largest] == max(votes.values()) else votes.most_common(1)[0][0]
+
+    motion: str
+    if recolor:
+        motion = "recolor"
+    else:
+        ratio = areas[-quarter:].mean() / areas[:quarter].mean()
+        if ratio >= _GROW_RATIO:
+            motion = "grow"
+        elif ratio <= 1.0 / _GROW_RATIO:
+            motion = "shrink"
+        else:
+            motion = _track_motion(masks, width, height)
+    return ClipReading(
+        detected=True,
+        color=color,
+        shape=shape,
+        motion=motion,
+        target_color=last if recolor else None,
+        background=background,
+    )
+
+
+def _track_motion(masks: list[np.ndarray], width: int, height: int) -> str:
+    """Classify the centroid track: a bounce goes out and back, a move only out, else it stays."""
+    track = np.array([[np.nonzero(m)[1].mean() / width, np.nonzero(m)[0].mean() / height] for m in masks])
+    net = track[-1] - track[0]
+    path = np.abs(np.diff(track, axis=0)).sum(axis=0)
+    back = (path - np.abs(net)) / 2.0  # the shorter of the legs of an out-and-back path
+    if back.max() >= _BOUNCE_MIN:
+        return "bounce_lr" if back[0] >= back[1] else "bounce_ud"
+    if np.abs(net).max() >= _MOVE_MIN:
+        if abs(net[0]) >= abs(net[1]):
+            return "right" if net[0] > 0 else "left"
+        return "down" if net[1] > 0 else "up"
+    return "stay"
+
+
+def check_clip(clip: np.ndarray, caption: str, value_range: tuple[float, float] = (0.0, 1.0)) -> Adherence:
+    """Score one clip against its caption (see :class:`Adherence`)."""
+    expected = parse_caption(caption)
+    reading = read_clip(clip, value_range)
+
+    def same(predicted: str | None, wanted: str | None) -> bool:
+        return reading.detected and wanted is not None and predicted == wanted
+
+    direction_ok = same(reading.motion, expected.motion) and (
+        expected.motion != "recolor" or expected.target_color is None or reading.target_color == expected.target_color
+    )
+    return Adherence(
+        color_ok=same(reading.color, expected.color),
+        shape_ok=same(reading.shape, expected.shape),
+        direction_ok=direction_ok,
+        background_ok=same(reading.background, expected.background),
+        reading=reading,
+        expected=expected,
+    )
+
+
+def score_clips(
+    clips: Sequence[np.ndarray] | np.ndarray, captions: Sequence[str], value_range: tuple[float, float] = (0.0, 1.0)
+) -> dict[str, float]:
+    """Per-attribute prompt adherence over a set of clips: {"color", "shape", "direction"} as fractions."""
+    if len(clips) != len(captions):
+        raise ValueError(f"{len(clips)} clips but {len(captions)} captions")
+    if len(captions) == 0:
+        return {"color": 0.0, "shape": 0.0, "direction": 0.0}
+    results = [check_clip(clip, text, value_range) for clip, text in zip(clips, captions, strict=True)]
+    n = float(len(results))
+    return {
+        "color": sum(r.color_ok for r in results) / n,
+        "shape": sum(r.shape_ok for r in results) / n,
+        "direction": sum(r.direction_ok for r in results) / n,
+    }
