@@ -96,11 +96,16 @@ class AttentionHook:
             profile.effective_threshold(threshold)  # a threshold out of range fails here, not mid-job
 
     def __enter__(self) -> AttentionHook:
-        self.install()
+        if not self.installed:
+            self.install()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._saved)
 
     def install(self) -> None:
         if self._saved:
@@ -135,6 +140,10 @@ class AttentionHook:
         if self.mode == "sparse":
             from calibstudio.kernels.attention import sparse_attention
 
+            if q.shape[1] != self.profile.meta.tokens:
+                raise ProfileError(f"the profile was calibrated for {self.profile.meta.tokens} video tokens "
+                                   f"(grid {self.profile.meta.grid}); this call has {q.shape[1]}: generate at the "
+                                   f"calibrated size or calibrate for this one")
             bin_index = self.profile.meta.bin_of_step(self.step_source())
             return sparse_attention(q, k, v, self.layout(bin_index, layer, q.device), backend=self.backend)
         if self.mode == "record":

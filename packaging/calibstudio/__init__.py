@@ -8,3 +8,11 @@ itself is cheap and torch-free.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):  # noqa: ANN202 - lazy so `import calibstudio` stays torch-free
+    if name == "apply_profile":
+        from calibstudio.engine.api import apply_profile
+
+        return apply_profile
+    raise AttributeError(f"module 'calibstudio' has no attribute {name!r}")

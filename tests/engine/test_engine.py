@@ -143,3 +143,26 @@ def test_wan_folder_round_trip_and_missing_parts(tmp_path):
         (folder / (part + ".gone")).rename(folder / part)
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_wan(tmp_path / "nowhere")
+
+
+def test_apply_profile_makes_a_plain_pipeline_call_sparse_and_comes_off(pipe, calibrated):
+    import torch
+
+    import calibstudio
+
+    def run():
+        out = pipe("a red circle moves left", height=64, width=128, num_frames=9, num_inference_steps=STEPS,
+                   guidance_scale=1.0,
+                   output_type="latent", generator=torch.Generator().manual_seed(1)).frames
+        return out.clone()
+
+    dense = run()
+    before = [b.attn1.processor for b in pipe.transformer.blocks]
+    with calibstudio.apply_profile(pipe, calibrated, threshold=0.9) as hook:
+        sparse = run()
+        assert set(hook._layouts) == {(0, 0), (0, 1), (1, 0), (1, 1)}  # both bins used, layouts built once
+    assert [b.attn1.processor for b in pipe.transformer.blocks] == before
+    assert not torch.equal(dense, sparse)
+    assert torch.equal(run(), dense)
+    with calibstudio.apply_profile(pipe, calibrated), pytest.raises(ValueError, match="video tokens"):
+        pipe("x", height=128, width=128, num_frames=9, num_inference_steps=1, output_type="latent")
