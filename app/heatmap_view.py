@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt
-from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QSizePolicy, QSpinBox, QVBoxLayout, QWidget
 
 from calibstudio.app import theme
 from calibstudio.app.mask_graphics import LOG_MASS_MAX, LOG_MASS_MIN, log_mass, mask_outline
@@ -62,6 +62,9 @@ class HeatmapView(QWidget):
         self.dim_check.setToolTip("Darken the blocks the threshold drops")
         self.title = QLabel()
         self.title.setStyleSheet(f"color: {theme.DIM_TEXT};")
+        self.title.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        # long status text must not set the window's minimum width: it is clipped when narrow
+        self.title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
 
         bar = QHBoxLayout()
         for label, widget in (("Bin", self.bin_box), ("Layer", self.layer_box), ("Head", self.head_box)):
@@ -70,8 +73,7 @@ class HeatmapView(QWidget):
             bar.addSpacing(8)
         bar.addWidget(self.outline_check)
         bar.addWidget(self.dim_check)
-        bar.addStretch(1)
-        bar.addWidget(self.title)
+        bar.addWidget(self.title, 1)
 
         self.graphics = pg.GraphicsLayoutWidget()
         self.plot = self.graphics.addPlot()
@@ -100,6 +102,7 @@ class HeatmapView(QWidget):
         self.readout = QLabel("Hover over the heatmap for a block's position, mass and mask status.")
         self.readout.setObjectName("readout")
         self.readout.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.readout.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)

@@ -49,6 +49,9 @@ class SmallMultiplesView(QWidget):
         self._levels: list[np.ndarray] = []
         self._shown: tuple[int, int] | None = None  # (bin, layer) whose images are loaded
         self._dirty = True
+        self._labels: dict[int, tuple[str, bool]] = {}
+        self._pen = pg.mkPen("#3a3b40", width=1)
+        self._selected_pen = pg.mkPen(theme.ACCENT, width=2)
 
         self.graphics.scene().sigMouseClicked.connect(self._clicked)
         model.profile_changed.connect(self._on_profile)
@@ -60,6 +63,7 @@ class SmallMultiplesView(QWidget):
     def _on_profile(self) -> None:
         self.graphics.clear()
         self._tiles = []
+        self._labels = {}
         self._shown = None
         heads = self.model.profile.meta.heads
         columns = grid_columns(heads)
@@ -101,12 +105,14 @@ class SmallMultiplesView(QWidget):
         level = self.model.level
         for head, ((label, box, image), base, levels) in enumerate(zip(self._tiles, self._base, self._levels,
                                                                        strict=True)):
-            image.setImage(dim_dropped(base, levels <= level), autoLevels=False, levels=(0, 255))
+            # RGB uint8 with no levels: pyqtgraph hands it to QImage without rescaling (the cheap path)
+            image.setImage(dim_dropped(base, levels <= level), autoLevels=False)
             chosen = head == selected
-            colour = theme.ACCENT if chosen else theme.TEXT
-            label.setText(f"H{head}  {stats.densities[b, layer, head]:.1%}", color=colour, size="9pt",
-                          bold=chosen)
-            box.setBorder(pg.mkPen(theme.ACCENT, width=2) if chosen else pg.mkPen("#3a3b40", width=1))
+            text = f"H{head}  {stats.densities[b, layer, head]:.1%}"
+            if (text, chosen) != self._labels.get(head):  # setText re-lays out HTML: skip when unchanged
+                self._labels[head] = (text, chosen)
+                label.setText(text, color=theme.ACCENT if chosen else theme.TEXT, size="9pt", bold=chosen)
+                box.setBorder(self._selected_pen if chosen else self._pen)
         self.caption.setText(f"Layer {layer}, bin {b}: all {len(self._tiles)} heads at τ = "
                              f"{self.model.applied_threshold:.5f} (dropped blocks dimmed). "
                              f"Click a head to select it, double-click to open it.")

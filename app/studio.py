@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"calibstudio studio: error: --threshold {args.threshold} is outside {TAU_MIN}..{TAU_MAX}",
               file=sys.stderr)
         return 1
-    qInstallMessageHandler(_qt_message)
+    previous_handler = qInstallMessageHandler(_qt_message)
     app = QApplication.instance() or QApplication(["calibstudio"])
     app.setOrganizationName(ORGANISATION)
     app.setApplicationName(APPLICATION)
@@ -73,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         model.select(bin_index=args.bin, layer=layer, head=args.head)
 
     if args.screenshot:
-        return _screenshot(app, window, args.screenshot, tuple(args.size))
+        status = _screenshot(app, window, args.screenshot, tuple(args.size))
+        qInstallMessageHandler(previous_handler)  # in-process callers (tests) get their own handler back
+        return status
     window.show()
     return int(app.exec())
 

@@ -64,6 +64,8 @@ class ThresholdPanel(QWidget):
         self.worst_label.setObjectName("worst")
         self.head_label = QLabel("—")
         self.head_label.setObjectName("head")
+        for label in (self.retained_label, self.worst_label, self.head_label):
+            label.setWordWrap(True)
         self.applied_label = QLabel("—")
         self.applied_label.setObjectName("applied")
         self.applied_label.setStyleSheet(f"color: {theme.DIM_TEXT};")
