@@ -42,6 +42,7 @@ def _fa4_device_ok(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] in (9, 10)
 
 
+@torch.compiler.assume_constant_result
 def _unavailable_reason(backend: str, device: torch.device) -> str | None:
     if backend not in BACKENDS:
         return f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or 'auto'"
