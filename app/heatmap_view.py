@@ -62,7 +62,6 @@ class HeatmapView(QWidget):
         self.dim_check.setToolTip("Darken the blocks the threshold drops")
         self.title = QLabel()
         self.title.setStyleSheet(f"color: {theme.DIM_TEXT};")
-        self.title.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         # long status text must not set the window's minimum width: it is clipped when narrow
         self.title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
 
@@ -73,7 +72,7 @@ class HeatmapView(QWidget):
             bar.addSpacing(8)
         bar.addWidget(self.outline_check)
         bar.addWidget(self.dim_check)
-        bar.addWidget(self.title, 1)
+        bar.addStretch(1)
 
         self.graphics = pg.GraphicsLayoutWidget()
         self.plot = self.graphics.addPlot()
@@ -107,6 +106,7 @@ class HeatmapView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addLayout(bar)
+        layout.addWidget(self.title)
         layout.addWidget(self.graphics, 1)
         layout.addWidget(self.readout)
 
@@ -200,7 +200,8 @@ class HeatmapView(QWidget):
         if stats is None:
             return
         b, layer, head = self.model.selection
-        self.title.setText(f"density {stats.densities[b, layer, head]:.1%}  ·  retained "
+        self.title.setText(f"Layer {layer}, head {head}, bin {b} at τ {stats.applied:.5f}: "
+                           f"keeps {stats.densities[b, layer, head]:.1%} of blocks  ·  retained mass "
                            f"{stats.retained_mean[b, layer, head]:.5f} mean, "
                            f"{stats.retained_worst[b, layer, head]:.5f} worst prompt")
 

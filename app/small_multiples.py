@@ -99,8 +99,7 @@ class SmallMultiplesView(QWidget):
             self._base = [mass_rgb(m.mass, self._table) for m in maps]
             self._levels = [m.entry_level for m in maps]
             self._shown = (b, layer)
-            for (_, box, image), base in zip(self._tiles, self._base, strict=True):
-                image.setRect(0, 0, base.shape[1], base.shape[0])
+            for (_, box, _), base in zip(self._tiles, self._base, strict=True):
                 box.setRange(xRange=(0, base.shape[1]), yRange=(0, base.shape[0]), padding=0.0)
         level = self.model.level
         for head, ((label, box, image), base, levels) in enumerate(zip(self._tiles, self._base, self._levels,

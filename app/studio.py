@@ -35,7 +35,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.screenshot and not os.environ.get("QT_QPA_PLATFORM"):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
 
-    from PySide6.QtCore import qInstallMessageHandler
     from PySide6.QtWidgets import QApplication
 
     from calibstudio.app.main_window import MainWindow
@@ -48,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"calibstudio studio: error: --threshold {args.threshold} is outside {TAU_MIN}..{TAU_MAX}",
               file=sys.stderr)
         return 1
-    previous_handler = qInstallMessageHandler(_qt_message)
+    previous_handler = install_message_filter()
     app = QApplication.instance() or QApplication(["calibstudio"])
     app.setOrganizationName(ORGANISATION)
     app.setApplicationName(APPLICATION)
@@ -74,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.screenshot:
         status = _screenshot(app, window, args.screenshot, tuple(args.size))
-        qInstallMessageHandler(previous_handler)  # in-process callers (tests) get their own handler back
+        restore_message_handler(previous_handler)  # in-process callers (tests) get their own handler back
         return status
     window.show()
     return int(app.exec())
@@ -87,6 +86,20 @@ def _qt_message(_mode, _context, message: str) -> None:
     """Qt's own warnings to stderr, minus known noise of the offscreen platform."""
     if not any(noise in message for noise in _QT_NOISE):
         print(message, file=sys.stderr)
+
+
+def install_message_filter():
+    """Route Qt's messages through :func:`_qt_message`; returns the previous handler."""
+    from PySide6.QtCore import qInstallMessageHandler
+
+    return qInstallMessageHandler(_qt_message)
+
+
+def restore_message_handler(previous) -> None:
+    """Put back the handler :func:`install_message_filter` replaced."""
+    from PySide6.QtCore import qInstallMessageHandler
+
+    qInstallMessageHandler(previous)
 
 
 def _reopen_last(window) -> None:

@@ -8,7 +8,16 @@ in range and the profile snaps it up to the next level (shown as "applied").
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QSizePolicy,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
 
 from calibstudio.app import theme
 from calibstudio.app.profile_model import ProfileModel, level_threshold
@@ -99,6 +108,7 @@ class ThresholdPanel(QWidget):
         layout.addLayout(form)
         layout.addStretch(1)
 
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)  # give spare height away
         self.slider.valueChanged.connect(self._slider_moved)
         self.spin.valueChanged.connect(self.model.set_threshold)
         model.threshold_changed.connect(self._sync)
