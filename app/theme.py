@@ -23,7 +23,7 @@ DENSITY_COLORMAP = "viridis"
 
 def configure_pyqtgraph() -> None:
     """pyqtgraph defaults for every view: dark background, light axes, antialiased lines."""
-    pg.setConfigOptions(background=BASE, foreground=TEXT, antialias=True, imageAxisOrder="row-major")
+    pg.setConfigOptions(background=BASE, foreground=TEXT, antialias=True)
 
 
 def apply_dark_theme(app: QApplication) -> None:

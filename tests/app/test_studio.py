@@ -47,3 +47,23 @@ def test_importing_the_app_imports_no_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env={"QT_QPA_PLATFORM": "offscreen", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
+
+
+def test_every_view_renders_to_png(dark_app, tmp_path, small_profile):
+    from calibstudio.app.screenshots import VIEWS, render
+
+    paths = render(small_profile, tmp_path, layer=1, head=2, threshold=0.99)
+    assert sorted(p.stem for p in paths) == sorted(VIEWS)
+    for path in paths:
+        assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 5_000
+
+
+def test_cli_without_pyside6_says_how_to_install(tmp_path):
+    code = ("import sys\n"
+            "sys.modules['PySide6'] = None  # as if it were not installed\n"
+            "from calibstudio.cli import main\n"
+            f"sys.exit(main(['studio', '--screenshot', {str(tmp_path / 'x.png')!r}]))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'calibstudio[studio]'" in lines[0]
