@@ -37,13 +37,6 @@ def test_every_subcommand_has_help():
     assert run("profile", "show", "--help").returncode == 0
 
 
-def test_unbuilt_subcommands_say_so_and_fail():
-    for name in ("engine",):
-        result = run(name)
-        assert result.returncode != 0
-        assert result.stderr.strip().count("\n") == 0 and "not available yet" in result.stderr
-
-
 def test_studio_without_display_says_so(monkeypatch):
     for name in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY"):
         monkeypatch.delenv(name, raising=False)

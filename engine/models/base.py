@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -28,6 +29,10 @@ class VideoModelAdapter(Protocol):
 
     def make_processor(self, hook: AttentionHook, layer: int) -> Any:
         """A diffusers attention processor that routes the attention itself through ``hook.attend``."""
+        ...
+
+    def preview(self, latents: torch.Tensor) -> np.ndarray:
+        """A small uint8 ``[height, width, 3]`` image of the current latents, cheap enough for every step."""
         ...
 
     def identity(self, pipe: Any) -> dict[str, str]:

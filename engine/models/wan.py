@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from diffusers.models.transformers.transformer_wan import WanAttention, _get_qkv_projections
 
@@ -83,6 +84,17 @@ class WanAdapter:
 
     def make_processor(self, hook: AttentionHook, layer: int) -> WanSelfAttnProcessor:
         return WanSelfAttnProcessor(hook, layer)
+
+    def preview(self, latents: torch.Tensor) -> np.ndarray:
+        """A cheap look at the current latent: its middle frame, three channels stretched to uint8.
+
+        No VAE decode (a Wan decode costs seconds), so it shows layout and motion, not true colour.
+        """
+        frame = latents[0, :3, latents.shape[2] // 2].float()
+        low = frame.amin(dim=(1, 2), keepdim=True)
+        high = frame.amax(dim=(1, 2), keepdim=True)
+        image = ((frame - low) / (high - low).clamp_min(1e-6) * 255).round().byte()
+        return image.permute(1, 2, 0).cpu().numpy()
 
     def identity(self, pipe: Any) -> dict[str, str]:
         config = dict(pipe.transformer.config)

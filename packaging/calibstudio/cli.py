@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from calibstudio import __version__
@@ -19,10 +20,6 @@ from calibstudio import __version__
 if TYPE_CHECKING:
     from calibstudio.engine.profile import Profile
 
-# Subcommands whose implementation has not landed yet: (name, help, issue that brings it).
-_COMING = {
-    "engine": ("run the engine server (JSON lines on stdin/stdout)", "the engine issue"),
-}
 # Benchmarks: name -> (help, module with a ``main(argv) -> int``).
 _BENCHES = {
     "profile": ("size and speed of the profile format at Wan-14B 720p scale", "calibstudio.engine.bench_profile"),
@@ -34,12 +31,12 @@ class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
 
 
-def _not_available(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
-    def run(_: argparse.Namespace) -> int:
-        print(f"calibstudio {name}: not available yet (comes with {issue})", file=sys.stderr)
-        return 2
-
-    return run
+def _engine(args: argparse.Namespace) -> int:
+    try:
+        from calibstudio.engine.server import serve_stdio
+    except ImportError as error:
+        raise CliError(f"the engine needs torch and diffusers ({error}); install 'calibstudio[engine]'") from None
+    return serve_stdio(args.model, args.device, Path(args.jobs_dir) if args.jobs_dir else None, args.remote)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -214,9 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"calibstudio {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    for name, (text, issue) in _COMING.items():
-        sub = commands.add_parser(name, help=text, description=f"{text}. Not available yet ({issue}).")
-        sub.set_defaults(run=_not_available(name, issue))
+    engine = commands.add_parser(
+        "engine", help="run the engine server (JSON lines on stdin/stdout)",
+        description="Run the engine server: JSON-lines commands on stdin, events on stdout, logs on stderr. "
+                    "The studio starts it; it also runs over ssh on a GPU box (add --remote there).")
+    engine.add_argument("--model", default="tiny", help="model loaded on the first job (default: tiny)")
+    engine.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    engine.add_argument("--jobs-dir", help="where job folders go (default: a new temporary folder)")
+    engine.add_argument("--remote", action="store_true", help="send previews and masks inline (base64)")
+    engine.set_defaults(run=_engine)
 
     studio = commands.add_parser("studio", help="open the studio: heatmaps, threshold slider, side-by-side previews",
                                  description="Open the studio on a profile (no engine needed for heatmaps and the "
