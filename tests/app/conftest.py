@@ -13,9 +13,9 @@ import pytest  # noqa: E402
 from calibstudio.engine.synthetic import write_synthetic_profile  # noqa: E402
 
 SMALL = {"grid": (4, 16, 16), "layers": 4, "heads": 4, "bins": 2, "steps": 8, "block": 32}
-# Wan-2.1-1.3B's layer and head counts (30 x 12) and 4 bins on a smaller token grid: the slider's
+# Wan-2.1-1.3B's layer and head counts (30 x 12) and 2 bins on a smaller token grid: the slider's
 # per-tick work scales with layers x heads for the tables and with the block count for the shown heads.
-MEDIUM = {"grid": (4, 16, 32), "layers": 30, "heads": 12, "bins": 4, "steps": 20, "block": 32}
+MEDIUM = {"grid": (4, 16, 32), "layers": 30, "heads": 12, "bins": 2, "steps": 20, "block": 32}
 
 
 @pytest.fixture(scope="session")

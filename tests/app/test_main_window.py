@@ -94,7 +94,7 @@ def test_threshold_folder_and_window_state_are_remembered(dark_app, qtbot, setti
 
 
 def test_slider_keeps_every_view_live_under_50ms(dark_app, qtbot, settings_file, medium_profile):
-    """Wan-1.3B's 30 layers x 12 heads x 4 bins: a slider tick updates every visible view in < 50 ms."""
+    """Wan-1.3B's 30 layers x 12 heads: a slider tick updates every visible view in < 50 ms."""
     win = MainWindow(open_settings(settings_file), persist=False)
     qtbot.addWidget(win)
     win.resize(1400, 900)
