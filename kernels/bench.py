@@ -33,6 +33,11 @@ from .triton_fwd import FwdConfig, triton_sparse_attention
 
 GRIDS = {32760: (21, 30, 52), 75600: (21, 45, 80)}
 DENSITIES = (1.0, 0.5, 0.25, 0.125, 0.0625)
+MASS_VARIANTS = [
+    dict(block_m=bm, num_warps=w, num_stages=st, fast_exp=fe, chunk=16)
+    for bm, w, st, fe in ((64, 4, 3, False), (128, 8, 3, False), (64, 4, 2, False), (64, 4, 3, True),
+                          (128, 8, 2, False), (64, 8, 3, False))
+]
 
 
 def _log(*a: Any) -> None:
@@ -136,8 +141,10 @@ def _bench_seq(S: int, args: argparse.Namespace, result: dict[str, Any], rows: l
             "d1": BlockLayout.from_mask(_mask("random", H, S, 1.0, dev), 128, 128, S, S),
             "d.25": BlockLayout.from_mask(_mask("random", H, S, 0.25, dev), 128, 128, S, S),
         }
-        cfgs = [FwdConfig(*c) for c in ((128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3),
-                                        (128, 64, 8, 4), (64, 64, 4, 3), (128, 128, 4, 2))]
+        cfgs = [FwdConfig(*c) for c in ((128, 128, 8, 3), (128, 128, 8, 3, True), (128, 128, 8, 2, True),
+                                        (128, 64, 8, 3, True), (128, 128, 8, 3, True, True),
+                                        (128, 128, 8, 2, True, True), (128, 128, 4, 3, True, True),
+                                        (128, 64, 4, 3, True, True))]
         sweep = _sweep_triton(q, k, v, lays, cfgs)
         result["triton_sweep"][str(S)] = sweep
         ok = {c: r["d1"] + r["d.25"] for c, r in sweep.items() if r["d1"] and r["d.25"]}
@@ -147,13 +154,18 @@ def _bench_seq(S: int, args: argparse.Namespace, result: dict[str, Any], rows: l
             _log(f"  triton config chosen: {best}")
     if args.mass:
         _, lse = triton_sparse_attention(q, k, v, BlockLayout.dense(H, S, device=dev), return_lse=True)
-        for fast in (True, False):
-            ms = _bench_gpu(lambda fast=fast: triton_block_mass(q, k, lse, fast_exp=fast), rep=100)
-            result["mass"].append({"S": S, "fast_exp": fast, "ms": ms, "ms_cudnn_dense": ms_cudnn,
+        variants = MASS_VARIANTS if (args.sweep and S == seqs[0]) else [result.get("mass_best", MASS_VARIANTS[0])]
+        for var in variants:
+            ms = _bench_gpu(lambda var=var: triton_block_mass(q, k, lse, **var), rep=100)
+            result["mass"].append({"S": S, **var, "ms": ms, "ms_cudnn_dense": ms_cudnn,
                                    "ratio_to_cudnn": (ms / ms_cudnn) if ms and ms_cudnn else None})
-            _log(f"  mass fast_exp={fast}: {ms} ms  ({(ms or 0) / (ms_cudnn or 1):.3f} x cudnn dense)")
+            _log(f"  mass {var}: {ms} ms  ({(ms or 0) / (ms_cudnn or 1):.3f} x cudnn dense)")
+        done = [m for m in result["mass"] if m["S"] == S and m["ms"]]
+        if done and "mass_best" not in result:
+            best_m = min(done, key=lambda m: m["ms"])
+            result["mass_best"] = {k_: best_m[k_] for k_ in MASS_VARIANTS[0]}
         del lse
-    for fam in fams:
+    for fam in fams if not args.sweep_only else []:
         for d in dens:
             if d >= 1.0 and fam != fams[0]:
                 continue  # density 1 is the same mask for every family
@@ -268,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="CPU threads (the CPU benchmark)")
     p.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the Triton config sweep")
     p.add_argument("--no-mass", dest="mass", action="store_false", help="skip the block-mass kernel")
+    p.add_argument("--sweep-only", action="store_true", help="only the config sweeps (tuning run)")
     p.add_argument("--partial", default=None, help="also rewrite this JSON after every row")
     args = p.parse_args(argv)
     gpu = torch.cuda.is_available() and not args.cpu

@@ -22,6 +22,7 @@ from .layout import BlockLayout
 __all__ = ["FwdConfig", "default_config", "triton_sparse_attention"]
 
 _LOG2E = 1.4426950408889634
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,12 @@ class FwdConfig:
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    tma: bool = False  # Hopper+: K/V (and Q) tiles through the bulk tensor copy engine (host descriptors)
+    ws: bool = False  # let Triton warp-specialise the kv loop (producer/consumer warps)
 
     def __str__(self) -> str:
-        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}"
+        base = f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}"
+        return base + "-tma" * self.tma + "-ws" * self.ws
 
 
 def default_config(device: torch.device, head_dim: int, block_q: int, block_k: int) -> FwdConfig:
@@ -43,9 +47,9 @@ def default_config(device: torch.device, head_dim: int, block_q: int, block_k: i
     if env:
         import re
 
-        m = re.fullmatch(r"m(\d+)n(\d+)w(\d+)s(\d+)", env)
+        m = re.fullmatch(r"m(\d+)n(\d+)w(\d+)s(\d+)(-tma)?(-ws)?", env)
         if m:
-            return FwdConfig(*(int(x) for x in m.groups()))
+            return FwdConfig(*(int(x) for x in m.groups()[:4]), tma=bool(m.group(5)), ws=bool(m.group(6)))
     if device.type != "cuda":
         cfg = FwdConfig(block_m=min(64, block_q), block_n=min(64, block_k), num_warps=4, num_stages=1)
     else:
@@ -56,31 +60,44 @@ def default_config(device: torch.device, head_dim: int, block_q: int, block_k: i
             cfg = FwdConfig(128, 64, 4 if head_dim <= 64 else 8, 3 if head_dim <= 64 else 2)
         else:
             cfg = FwdConfig(64, 64, 4, 2)
-    return FwdConfig(min(cfg.block_m, block_q), min(cfg.block_n, block_k), cfg.num_warps, cfg.num_stages)
+    bm, bn = min(cfg.block_m, block_q), min(cfg.block_n, block_k)
+    return FwdConfig(bm, bn, cfg.num_warps, cfg.num_stages, cfg.tma, cfg.ws)
 
 
 @triton.jit
-def _step(
-    acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, k_len, qk_scale,
-    BLOCK_N: tl.constexpr, MASK_K: tl.constexpr, PRECISION: tl.constexpr,
-):
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    if MASK_K:
-        k = tl.load(k_ptrs, mask=offs_n[None, :] < k_len, other=0.0)
-        v = tl.load(v_ptrs, mask=offs_n[:, None] < k_len, other=0.0)
-    else:
-        k = tl.load(k_ptrs)
-        v = tl.load(v_ptrs)
-    qk = tl.dot(q, k, input_precision=PRECISION) * qk_scale
+def _update(acc, l_i, m_i, q, k_t, v, offs_n, k_len, qk_scale, MASK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """One online-softmax step over a [D, N] key tile and an [N, D] value tile (base-2 exponentials)."""
+    qk = tl.dot(q, k_t, input_precision=PRECISION)
     if MASK_K:
         qk = tl.where(offs_n[None, :] < k_len, qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
-    p = tl.math.exp2(qk - m_new[:, None])
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    p = tl.math.exp2(qk * qk_scale - m_new[:, None])  # one FMA per score
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
     return acc, l_i, m_new
+
+
+@triton.jit
+def _step(
+    acc, l_i, m_i, q, K, V, k_base, v_base, row_k, col_h, start_n, k_len, qk_scale, sks, svs,
+    BLOCK_N: tl.constexpr, MASK_K: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+):
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    if USE_TMA:
+        # Rows past k_len read the next batch's keys or TMA zero fill: finite, and masked below.
+        k_t = K.load([row_k + start_n, col_h]).T
+        v = V.load([row_k + start_n, col_h])
+    else:
+        off = start_n.to(tl.int64)
+        if MASK_K:
+            k_t = tl.load(k_base + off * sks, mask=offs_n[None, :] < k_len, other=0.0)
+            v = tl.load(v_base + off * svs, mask=offs_n[:, None] < k_len, other=0.0)
+        else:
+            k_t = tl.load(k_base + off * sks)
+            v = tl.load(v_base + off * svs)
+    return _update(acc, l_i, m_i, q, k_t, v, offs_n, k_len, qk_scale, MASK_K, PRECISION)
 
 
 @triton.jit
@@ -98,6 +115,7 @@ def _sparse_fwd_kernel(
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     EVEN_K: tl.constexpr, WRITE_LSE: tl.constexpr, PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr, WS: tl.constexpr,
 ):
     SPLIT_M: tl.constexpr = BLOCK_Q // BLOCK_M
     SUB_N: tl.constexpr = BLOCK_K // BLOCK_N
@@ -110,10 +128,17 @@ def _sparse_fwd_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     offs_nb = tl.arange(0, BLOCK_N)
 
-    q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None].to(tl.int64) * sqs + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=offs_m[:, None] < q_len, other=0.0)
-    k_base = K + b * skb + h * skh + offs_d[:, None] + offs_nb[None, :].to(tl.int64) * sks  # [D, N]
-    v_base = V + b * svb + h * svh + offs_d[None, :] + offs_nb[:, None].to(tl.int64) * svs  # [N, D]
+    col_h = (h * HEAD_DIM).to(tl.int32)
+    row_k = (b * k_len).to(tl.int32)
+    if USE_TMA:  # descriptors over the (B*S, H*D) views
+        q = Q.load([(b * q_len).to(tl.int32) + qblk * BLOCK_Q + (pid % SPLIT_M) * BLOCK_M, col_h])
+        k_base = K
+        v_base = V
+    else:
+        q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None].to(tl.int64) * sqs + offs_d[None, :]
+        q = tl.load(q_ptrs, mask=offs_m[:, None] < q_len, other=0.0)
+        k_base = K + b * skb + h * skh + offs_d[:, None] + offs_nb[None, :].to(tl.int64) * sks  # [D, N]
+        v_base = V + b * svb + h * svh + offs_d[None, :] + offs_nb[:, None].to(tl.int64) * svs  # [N, D]
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -126,22 +151,20 @@ def _sparse_fwd_kernel(
         last = tl.load(idx_ptr + cnt - 1)
         n_full = cnt - (last == nk - 1).to(tl.int32)
     # Kept blocks that need no key masking (the sorted index puts the tail block last).
-    for t in range(0, n_full * SUB_N):
+    for t in tl.range(0, n_full * SUB_N, warp_specialize=WS):
         kb = tl.load(idx_ptr + t // SUB_N)
         start_n = kb * BLOCK_K + (t % SUB_N) * BLOCK_N
-        off = start_n.to(tl.int64)
         acc, l_i, m_i = _step(
-            acc, l_i, m_i, q, k_base + off * sks, v_base + off * svs, start_n, k_len, qk_scale,
-            BLOCK_N, False, PRECISION,
+            acc, l_i, m_i, q, K, V, k_base, v_base, row_k, col_h, start_n, k_len, qk_scale, sks, svs,
+            BLOCK_N, False, PRECISION, USE_TMA,
         )
     if not EVEN_K:
         for t in range(n_full * SUB_N, cnt * SUB_N):
             kb = tl.load(idx_ptr + t // SUB_N)
             start_n = kb * BLOCK_K + (t % SUB_N) * BLOCK_N
-            off = start_n.to(tl.int64)
             acc, l_i, m_i = _step(
-                acc, l_i, m_i, q, k_base + off * sks, v_base + off * svs, start_n, k_len, qk_scale,
-                BLOCK_N, True, PRECISION,
+                acc, l_i, m_i, q, K, V, k_base, v_base, row_k, col_h, start_n, k_len, qk_scale, sks, svs,
+                BLOCK_N, True, PRECISION, USE_TMA,
             )
 
     acc = acc / l_i[:, None]
@@ -192,8 +215,13 @@ def triton_sparse_attention(
     lse = torch.empty(B, H, Sq, device=q.device, dtype=torch.float32) if return_lse else out
     kv_count, kv_index, row_order = layout.triton_tensors()
     grid = (row_order.numel() * (layout.block_q // cfg.block_m), B)
+    qa, ka, va = q, k, v
+    use_tma = cfg.tma and (q.is_cuda or _INTERPRET) and _tma_ok(q, k, v)
+    if use_tma:
+        qa = _desc(q, cfg.block_m)
+        ka, va = _desc(k, cfg.block_n), _desc(v, cfg.block_n)
     _sparse_fwd_kernel[grid](
-        q, k, v, out, lse,
+        qa, ka, va, out, lse,
         kv_count, kv_index, row_order,
         scale * _LOG2E,
         q.stride(0), q.stride(1), q.stride(2),
@@ -206,6 +234,25 @@ def triton_sparse_attention(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         EVEN_K=k.shape[1] % layout.block_k == 0, WRITE_LSE=return_lse,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        USE_TMA=use_tma, WS=cfg.ws,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return (out, lse) if return_lse else out
+
+
+def _tma_ok(*xs: torch.Tensor) -> bool:
+    """The (B, S, H, D) tensors flatten to (B*S, H*D) views with 16-byte aligned rows."""
+    for x in xs:
+        B, S, H, D = x.shape
+        if x.stride(3) != 1 or x.stride(2) != D or (B > 1 and x.stride(0) != S * x.stride(1)):
+            return False
+        if (x.stride(1) * x.element_size()) % 16 or x.data_ptr() % 16:
+            return False
+    return True
+
+
+def _desc(x: torch.Tensor, rows: int):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    B, S, H, D = x.shape
+    return TensorDescriptor(x, [B * S, H * D], [x.stride(1), 1], [rows, D])
