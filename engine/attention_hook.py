@@ -9,7 +9,7 @@ process, or one model hooked twice in turn, do not interfere. Cross-attention is
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -61,6 +61,8 @@ class MassRecorder:
 class AttentionHook:
     """Install with ``with AttentionHook(...) as hook:``; removal restores the original processors.
 
+    ``dense_fn`` replaces the model's own attention in ``dense`` mode (e.g. a faster dense kernel);
+    ``layouts`` fixes one layout per layer for every step instead of a profile (benchmarks).
     ``step_source`` returns the index of the denoising step in progress (a Python int, so reading
     it never syncs with the device). In ``sparse`` mode the layout of each (step bin, layer) is
     built on first use from the profile at ``threshold`` and kept for the life of the hook (one
@@ -77,9 +79,11 @@ class AttentionHook:
         threshold: float = 0.999,
         recorder: MassRecorder | None = None,
         backend: str = "auto",
+        layouts: Mapping[int, BlockLayout] | None = None,
+        dense_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
-        if mode == "sparse" and profile is None:
-            raise ValueError("sparse mode needs a profile")
+        if mode == "sparse" and profile is None and layouts is None:
+            raise ValueError("sparse mode needs a profile (or fixed per-layer layouts)")
         if mode == "record" and recorder is None:
             raise ValueError("record mode needs a MassRecorder")
         self.adapter = adapter
@@ -91,6 +95,8 @@ class AttentionHook:
         self.recorder = recorder
         self.backend = backend
         self._layouts: dict[tuple[int, int], BlockLayout] = {}
+        self._fixed = layouts  # per layer, for every step (benchmarks with synthetic masks)
+        self.dense_fn = dense_fn or dense_attention
         self._saved: list[tuple[torch.nn.Module, object]] = []
         if profile is not None:
             profile.effective_threshold(threshold)  # a threshold out of range fails here, not mid-job
@@ -110,7 +116,7 @@ class AttentionHook:
     def install(self) -> None:
         if self._saved:
             raise RuntimeError("this hook is already installed")
-        if self.mode == "dense":
+        if self.mode == "dense" and self.dense_fn is dense_attention:
             return  # dense is the model's own attention: nothing to install, nothing to slow down
         for layer, module in self.adapter.self_attention_modules(self.transformer):
             self._saved.append((module, module.processor))
@@ -140,6 +146,8 @@ class AttentionHook:
         if self.mode == "sparse":
             from calibstudio.kernels.attention import sparse_attention
 
+            if self._fixed is not None:
+                return sparse_attention(q, k, v, self._fixed[layer], backend=self.backend)
             if q.shape[1] != self.profile.meta.tokens:
                 raise ProfileError(f"the profile was calibrated for {self.profile.meta.tokens} video tokens "
                                    f"(grid {self.profile.meta.grid}); this call has {q.shape[1]}: generate at the "
@@ -148,4 +156,4 @@ class AttentionHook:
             return sparse_attention(q, k, v, self.layout(bin_index, layer, q.device), backend=self.backend)
         if self.mode == "record":
             self.recorder.add(self.step_source(), layer, q, k)
-        return dense_attention(q, k, v)
+        return self.dense_fn(q, k, v)

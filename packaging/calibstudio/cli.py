@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 _BENCHES = {
     "profile": ("size and speed of the profile format at Wan-14B 720p scale", "calibstudio.engine.bench_profile"),
     "kernels": ("block-sparse attention kernels vs dense and peers", "calibstudio.kernels.bench"),
+    "e2e": ("one Wan-14B-shaped transformer step, dense vs sparse, eager and compiled", "calibstudio.engine.bench_e2e"),
 }
 
 

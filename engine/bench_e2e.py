@@ -1,0 +1,154 @@
+"""``calibstudio bench e2e``: one transformer step of a Wan-2.1-14B-shaped model, dense vs sparse.
+
+Random weights, the 14B config with 4 of its 40 blocks, bf16, at 480p/81f (32 760 tokens) and
+720p/81f (75 600 tokens). Per step (one transformer forward): SDPA dense (diffusers' default),
+flash-attn-4 dense (the best dense kernel here, when installed), and our sparse attention through
+the engine's own hook at densities 1, 0.25 and 0.125 with structured video masks; each eager and
+``torch.compile``d. Ratios are measured side by side in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}
+WAN14B = {"num_attention_heads": 40, "attention_head_dim": 128, "in_channels": 16, "out_channels": 16,
+          "text_dim": 4096, "freq_dim": 256, "ffn_dim": 13824, "cross_attn_norm": True,
+          "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "patch_size": (1, 2, 2)}
+TINY = dict(WAN14B, num_attention_heads=4, attention_head_dim=64, text_dim=64, ffn_dim=256)
+
+
+def _inputs(res: str, frames: int, config: dict, device: str, dtype: torch.dtype, scale: int) -> dict[str, Any]:
+    height, width = (x // scale for x in RESOLUTIONS[res])
+    latent = (1, config["in_channels"], (frames - 1) // 4 + 1, height // 8, width // 8)
+    return {"hidden_states": torch.randn(latent, device=device, dtype=dtype),
+            "timestep": torch.tensor([500], device=device),
+            "encoder_hidden_states": torch.randn(1, 512, config["text_dim"], device=device, dtype=dtype),
+            "return_dict": False}
+
+
+def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
+    if device == "cuda":
+        import triton.testing
+
+        return lambda fn: float(triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median"))
+
+    def cpu(fn: Callable[[], Any]) -> float:
+        import time
+
+        fn()
+        began = time.perf_counter()
+        for _ in range(3):
+            fn()
+        return (time.perf_counter() - began) / 3 * 1e3
+
+    return cpu
+
+
+def _fa4_dense() -> Callable | None:
+    try:
+        from flash_attn.cute.interface import flash_attn_func
+    except Exception:
+        return None
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = flash_attn_func(q, k, v)
+        return out[0] if isinstance(out, tuple) else out
+
+    return attend
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from diffusers import WanTransformer3DModel
+
+    from calibstudio.engine.attention_hook import AttentionHook
+    from calibstudio.engine.models.wan import WanAdapter
+    from calibstudio.kernels.layout import BlockLayout
+    from calibstudio.kernels.masks import video_block_mask
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    config = TINY if args.quick else WAN14B
+    with torch.device(device):
+        model = WanTransformer3DModel(**config, num_layers=args.layers).to(dtype).eval()
+    adapter, timer, fa4 = WanAdapter(), _timer(device), _fa4_dense()
+    rows = []
+    for res in args.res:
+        inputs = _inputs(res, args.frames, config, device, dtype, 4 if args.quick else 1)
+        _, _, f, h, w = inputs["hidden_states"].shape
+        grid = (f, h // 2, w // 2)
+        tokens = grid[0] * grid[1] * grid[2]
+        heads = config["num_attention_heads"]
+
+        def hook(mode: str, **kw: Any) -> AttentionHook:
+            return AttentionHook(adapter, model, mode=mode, **kw)
+
+        variants: dict[str, AttentionHook | None] = {"sdpa": None}
+        if fa4 is not None:
+            variants["fa4_dense"] = hook("dense", dense_fn=fa4)
+        for density in args.densities:
+            layouts = {layer: BlockLayout.from_mask(video_block_mask(heads, grid, density, seed=layer, device=device),
+                                                    q_len=tokens, k_len=tokens) for layer in range(args.layers)}
+            variants[f"sparse_{density}"] = hook("sparse", layouts=layouts, backend=args.backend)
+        for compiled in args.compiled:
+            times: dict[str, float] = {}
+            for name, variant in variants.items():
+                torch._dynamo.reset()
+                forward = torch.compile(model) if compiled else model
+                if variant is not None:
+                    variant.install()
+                try:
+                    with torch.no_grad():
+                        times[name] = timer(lambda forward=forward, inputs=inputs: forward(**inputs))
+                finally:
+                    if variant is not None:
+                        variant.remove()
+                print(f"{res} compiled={compiled} {name}: {times[name]:.1f} ms", flush=True)
+            for density in args.densities:
+                rows.append({"res": res, "frames": args.frames, "tokens": tokens, "density": density,
+                             "compiled": compiled, "ms_dense": times["sdpa"], "ms_sparse": times[f"sparse_{density}"],
+                             "speedup": times["sdpa"] / times[f"sparse_{density}"],
+                             "ms_fa4_dense": times.get("fa4_dense"),
+                             "speedup_vs_best_dense": min(times["sdpa"], times.get("fa4_dense", float("inf")))
+                             / times[f"sparse_{density}"]})
+    eager_sdpa = {r["res"]: r["ms_dense"] for r in rows if not r["compiled"]}
+    for row in rows:
+        row["speedup_vs_eager_sdpa"] = eager_sdpa.get(row["res"], row["ms_dense"]) / row["ms_sparse"]
+    return {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "layers": args.layers, "backend": args.backend,
+            "config": "tiny" if args.quick else "Wan-2.1-T2V-14B", "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="calibstudio bench e2e",
+        description="Per-step time of a Wan-2.1-14B-shaped transformer (random weights, a few blocks, bf16): "
+                    "SDPA dense, flash-attn-4 dense and our sparse attention, eager and compiled.")
+    parser.add_argument("--out", type=Path, help="JSON path (default docs/benchmarks/e2e-<gpu>.json)")
+    parser.add_argument("--res", nargs="+", default=["480p", "720p"], choices=sorted(RESOLUTIONS))
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--layers", type=int, default=4, help="transformer blocks (default 4 of 40)")
+    parser.add_argument("--densities", type=float, nargs="+", default=[1.0, 0.25, 0.125])
+    parser.add_argument("--compiled", type=lambda s: s == "1", nargs="+", default=[False, True],
+                        help="1 for torch.compile, 0 for eager (default: 0 1)")
+    parser.add_argument("--backend", default="auto", help="sparse backend (default auto)")
+    parser.add_argument("--quick", action="store_true", help="tiny config at 1/4 size (CPU smoke run)")
+    args = parser.parse_args(argv)
+    report = run(args)
+    name = report["device"].replace("NVIDIA ", "").split()[0].lower() if torch.cuda.is_available() else "cpu"
+    out = args.out or Path(f"docs/benchmarks/e2e-{name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["rows"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
