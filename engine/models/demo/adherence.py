@@ -4,7 +4,7 @@ The checker reads a clip with the generator's own rules, so that on the generato
 right (nearly) always and a generated clip is scored by how well it imitates them:
 
 - background: the median of the border pixels (the shape never covers the whole border);
-- foreground: per frame, pixels far from the background; the shape's colour is the median of the
+- foreground: per frame, pixels far from the background; the shape's colour is the mean of the
   most distinct of them, and a pixel belongs to the shape when it is more than half way from the
   background to that colour (which also undoes the anti-aliasing);
 - colour: nearest palette entry (``scenes.SHAPE_COLORS``) over the first and the last frames; if
@@ -39,7 +39,7 @@ from calibstudio.engine.models.demo.scenes import (
 # >= 0.24, growth changes the area >= 2.9x: the thresholds sit well inside those margins.
 _BORDER_SPREAD_MAX = 25.0  # mean absolute deviation of border pixels from their median
 _CANDIDATE = 45.0  # a pixel this far from the background may belong to the shape
-_CORE_SPREAD_MAX = 30.0  # the shape is one flat colour: spread of its most distinct pixels
+_CORE_SPREAD_MAX = 40.0  # the shape is one flat colour: std of its most distinct pixels
 _MIN_AREA = 6  # pixels; fewer and the frame shows no shape
 _MAX_AREA_FRACTION = 0.5
 _RECOLOR_MIN_DISTANCE = 50.0
@@ -82,9 +82,9 @@ def _as_float(clip: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f"expected a clip [F, H, W, 3], got shape {arr.shape}")
     if arr.dtype == np.uint8:
-        return arr.astype(np.float64)
+        return arr.astype(np.float32)
     lo, hi = value_range
-    return np.clip((arr.astype(np.float64) - lo) * (255.0 / (hi - lo)), 0.0, 255.0)
+    return np.clip((arr.astype(np.float32) - lo) * np.float32(255.0 / (hi - lo)), 0.0, 255.0)
 
 
 def _nearest(rgb: np.ndarray, names: Sequence[str]) -> str:
@@ -93,14 +93,14 @@ def _nearest(rgb: np.ndarray, names: Sequence[str]) -> str:
 
 
 def _drop_isolated(mask: np.ndarray) -> np.ndarray:
-    """Remove pixels without any of their 8 neighbours set (noise, not shape)."""
-    padded = np.pad(mask, 1)
-    h, w = mask.shape
-    neighbours = np.zeros(mask.shape, dtype=np.int32)
+    """Remove pixels without any of their 8 neighbours set (noise, not shape); mask [..., H, W]."""
+    h, w = mask.shape[-2:]
+    padded = np.pad(mask, [(0, 0)] * (mask.ndim - 2) + [(1, 1), (1, 1)]).astype(np.int8)
+    neighbours = np.zeros(mask.shape, dtype=np.int8)
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
             if dy != 1 or dx != 1:
-                neighbours += padded[dy : dy + h, dx : dx + w]
+                neighbours += padded[..., dy : dy + h, dx : dx + w]
     return mask & (neighbours > 0)
 
 
@@ -124,7 +124,7 @@ def classify_shape(coverage: np.ndarray, mask: np.ndarray) -> str:
     best, best_err = SHAPES[0], np.inf
     for shape in SHAPES:
         radius = float(np.sqrt(area / SHAPE_AREA[shape]))
-        template = shape_coverage(shape, cx, cy - SHAPE_CENTROID_DY[shape] * radius, radius, height, width)
+        template = shape_coverage(shape, cx, cy - SHAPE_CENTROID_DY[shape] * radius, radius, height, width, 2)
         err = float(np.abs(template[y0:y1, x0:x1] - observed).sum())
         if err < best_err:
             best, best_err = shape, err
@@ -147,50 +147,53 @@ def read_clip(clip: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0)) -
         return ClipReading(detected=False)
     background = _nearest(bg, BACKGROUNDS)
 
-    times: list[float] = []
-    colours: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
-    covers: list[np.ndarray] = []
-    for f in range(frames):
-        diff = px[f] - bg
-        dist = np.linalg.norm(diff, axis=-1)
-        cand = dist > _CANDIDATE
-        if cand.sum() < _MIN_AREA:
-            continue
-        ref = np.percentile(dist[cand], 90)
-        core = cand & (dist >= 0.75 * ref)
-        fg = np.median(px[f][core], axis=0)
-        if float(np.mean(np.abs(px[f][core] - fg))) > _CORE_SPREAD_MAX:
-            continue
-        axis = fg - bg
-        norm2 = float(axis @ axis)
-        if norm2 < _CANDIDATE**2:
-            continue
-        soft = (diff @ axis) / norm2
-        mask = _drop_isolated(soft > 0.5)
-        area = int(mask.sum())
-        if area < _MIN_AREA or area > _MAX_AREA_FRACTION * height * width:
-            continue
-        times.append(f / max(frames - 1, 1))
-        colours.append(fg)
-        masks.append(mask)
-        covers.append(np.clip(soft, 0.0, 1.0))
+    # Per frame, all frames at once: candidate pixels, the shape's colour from the most distinct of
+    # them, then the soft foreground (projection onto the background-to-shape colour axis).
+    diff = px - bg
+    dist = np.sqrt(np.einsum("fhwc,fhwc->fhw", diff, diff))
+    cand = dist > _CANDIDATE
+    count = cand.reshape(frames, -1).sum(axis=1)
+    ranked = np.sort(np.where(cand, dist, -1.0).reshape(frames, -1), axis=1)
+    rank = height * width - count + np.floor(0.9 * np.maximum(count - 1, 0)).astype(int)
+    ref = ranked[np.arange(frames), np.minimum(rank, height * width - 1)]
+    core = (cand & (dist >= 0.75 * ref[:, None, None])).astype(px.dtype)
+    n_core = np.maximum(core.reshape(frames, -1).sum(axis=1), 1.0)[:, None]
+    fg = np.einsum("fhw,fhwc->fc", core, px) / n_core
+    var = np.einsum("fhw,fhwc->fc", core, px * px) / n_core - fg * fg
+    spread = np.sqrt(np.maximum(var, 0.0).mean(axis=1))
+    axis = fg - bg
+    norm2 = np.maximum((axis * axis).sum(axis=1), 1e-9)
+    soft = np.einsum("fhwc,fc->fhw", diff, axis) / norm2[:, None, None]
+    all_masks = _drop_isolated(soft > 0.5)
+    all_areas = all_masks.reshape(frames, -1).sum(axis=1)
+    valid = (
+        (count >= _MIN_AREA)
+        & (spread <= _CORE_SPREAD_MAX)
+        & (norm2 >= _CANDIDATE**2)
+        & (all_areas >= _MIN_AREA)
+        & (all_areas <= _MAX_AREA_FRACTION * height * width)
+    )
+    keep = np.flatnonzero(valid)
+    masks = all_masks[keep]
+    colours = fg[keep]
     if len(masks) < max(2, frames // 2):
         return ClipReading(detected=False, background=background)
 
     n = len(masks)
     quarter = max(1, n // 4)
-    first_rgb = np.median(np.array(colours[:quarter]), axis=0)
-    last_rgb = np.median(np.array(colours[-quarter:]), axis=0)
+    first_rgb = np.median(colours[:quarter], axis=0)
+    last_rgb = np.median(colours[-quarter:], axis=0)
     first, last = _nearest(first_rgb, SHAPE_COLORS), _nearest(last_rgb, SHAPE_COLORS)
     recolor = first != last and float(np.linalg.norm(first_rgb - last_rgb)) >= _RECOLOR_MIN_DISTANCE
-    color = first if recolor else _nearest(np.median(np.array(colours), axis=0), SHAPE_COLORS)
+    color = first if recolor else _nearest(np.median(colours, axis=0), SHAPE_COLORS)
 
-    areas = np.array([m.sum() for m in masks], dtype=np.float64)
+    areas = all_areas[keep].astype(np.float64)
     big = np.flatnonzero(areas >= 0.6 * areas.max())
     chosen = big[np.linspace(0, big.size - 1, min(_SHAPE_FRAMES, big.size)).round().astype(int)]
     largest_index = int(np.argmax(areas))
-    labels = {int(i): classify_shape(covers[int(i)], masks[int(i)]) for i in {*chosen.tolist(), largest_index}}
+    labels = {
+        i: classify_shape(np.clip(soft[keep[i]], 0.0, 1.0), masks[i]) for i in {*chosen.tolist(), largest_index}
+    }
     votes = Counter(labels[int(i)] for i in chosen)
     largest = labels[largest_index]
     shape = largest if votes[largest] == max(votes.values()) else votes.most_common(1)[0][0]
@@ -216,9 +219,12 @@ def read_clip(clip: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0)) -
     )
 
 
-def _track_motion(masks: list[np.ndarray], width: int, height: int) -> str:
+def _track_motion(masks: np.ndarray, width: int, height: int) -> str:
     """Classify the centroid track: a bounce goes out and back, a move only out, else it stays."""
-    track = np.array([[np.nonzero(m)[1].mean() / width, np.nonzero(m)[0].mean() / height] for m in masks])
+    area = masks.sum(axis=(1, 2)).astype(np.float64)
+    cx = (masks.sum(axis=1) * np.arange(width)).sum(axis=1) / area / width
+    cy = (masks.sum(axis=2) * np.arange(height)).sum(axis=1) / area / height
+    track = np.stack([cx, cy], axis=1)
     net = track[-1] - track[0]
     path = np.abs(np.diff(track, axis=0)).sum(axis=0)
     back = (path - np.abs(net)) / 2.0  # the shorter of the legs of an out-and-back path

@@ -222,7 +222,7 @@ def _parse(text: str) -> ParsedCaption:
     if words & _BOUNCE:
         horizontal, vertical = bool(words & _HORIZONTAL), bool(words & _VERTICAL)
         motion = "bounce_lr" if horizontal and not vertical else "bounce_ud" if vertical and not horizontal else None
-    elif target is not None:
+    elif target is not None or words & {"change", "changes", "changing"} and words & {"colour", "color"}:
         motion = "recolor"
     elif words & _GROW and not words & _SHRINK:
         motion = "grow"
