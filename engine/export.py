@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from calibstudio.engine.profile import atomic_write
+from calibstudio.engine.atomic import atomic_write
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarray:

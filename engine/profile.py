@@ -36,7 +36,6 @@ import lzma
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +44,8 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
+
+from calibstudio.engine.atomic import WriteError, atomic_write
 
 FORMAT_NAME = "calibstudio.profile"
 FORMAT_VERSION = 1
@@ -353,35 +354,10 @@ class ProfileWriter:
             "head_blobs": np.frombuffer(b"".join(parts), dtype=np.uint8),
         }
         metadata = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "meta": m.to_json()}
-        return atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp)`` on a temporary file beside ``path``, fsync it and rename it into place.
-
-    On any failure (full disk, permission, interrupt) the temporary file is removed and an existing
-    ``path`` is left untouched.
-    """
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ProfileError(f"cannot write {path}: folder {folder} does not exist; create it first")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise ProfileError(f"could not write {path}: {error.strerror or error}; "
-                           f"free some space or choose another folder") from error
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+        try:
+            return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        except WriteError as error:
+            raise ProfileError(str(error)) from error
 
 
 def choose_step_bins(mass: np.ndarray, n_bins: int) -> tuple[tuple[int, int], ...]:

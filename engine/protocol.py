@@ -35,13 +35,14 @@ import base64
 import binascii
 import json
 import os
-import tempfile
 import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, Union
+
+from calibstudio.engine.atomic import atomic_write
 
 __all__ = [
     "DECODE_ERRORS",
@@ -104,15 +105,7 @@ class Payload:
             return cls.inline(data)
         target = Path(folder) / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return cls.from_file(target)
+        return cls.from_file(atomic_write(target, lambda tmp: tmp.write_bytes(data)))
 
     def read(self) -> bytes:
         """The bytes, whichever form they came in (reads the file for a path payload)."""

@@ -1,0 +1,41 @@
+"""Atomic file writes (stdlib only): a file appears complete or not at all."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+class WriteError(ValueError):
+    """A file could not be written; the message names the file, the reason and what to do."""
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """Run ``write(tmp)`` on a temporary file beside ``path``, fsync it and rename it into place.
+
+    The temporary name keeps ``path``'s extension (writers such as ffmpeg pick the format by it).
+    On any failure (full disk, permission, interrupt) the temporary file is removed and an existing
+    ``path`` is left untouched.
+    """
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise WriteError(f"cannot write {path}: folder {folder} does not exist; create it first")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(f"could not write {path}: {error.strerror or error}; "
+                         f"free some space or choose another folder") from error
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
