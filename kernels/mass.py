@@ -92,7 +92,7 @@ def triton_block_mass(
     fast_exp: bool | None = None,
     block_m: int | None = None,
     num_warps: int | None = None,
-    num_stages: int = 3,
+    num_stages: int = 2,
     chunk: int = 16,
 ) -> torch.Tensor:
     """Block mass ``[H, nq, nk]`` (float32, added into ``out``) from (B, S, H, D) q, k and LSE ``[B, H, Sq]``.
@@ -109,7 +109,7 @@ def triton_block_mass(
     q, k = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k))
     lse = lse.float()
     fast_exp = bool(fast_exp) and q.is_cuda
-    block_m = min(block_q, block_m or (64 if q.is_cuda else 32))
+    block_m = min(block_q, block_m or (128 if q.is_cuda else 32))
     num_warps = num_warps or (4 if block_m <= 64 else 8)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     _mass_kernel[(nq * (block_q // block_m), H, B)](

@@ -54,8 +54,8 @@ def default_config(device: torch.device, head_dim: int, block_q: int, block_k: i
         cfg = FwdConfig(block_m=min(64, block_q), block_n=min(64, block_k), num_warps=4, num_stages=1)
     else:
         major, _ = torch.cuda.get_device_capability(device)
-        if major >= 9:  # Hopper / Blackwell: big tiles, 2 warpgroups, 3-deep pipeline
-            cfg = FwdConfig(128, 128 if head_dim <= 64 else 64, 8, 3)
+        if major >= 9:  # Hopper / Blackwell: 128x128 tiles, 2 warpgroups, 3-deep TMA pipeline (H100 sweep)
+            cfg = FwdConfig(128, 128, 8, 3, tma=True)
         elif major == 8:  # Ampere / Ada: ~100-164 KB shared memory
             cfg = FwdConfig(128, 64, 4 if head_dim <= 64 else 8, 3 if head_dim <= 64 else 2)
         else:

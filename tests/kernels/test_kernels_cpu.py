@@ -179,3 +179,14 @@ def test_triton_mass_interpreted(S, D):
     lse = reference_lse(q, k)
     got = triton_block_mass(q, k, lse, 64, 64, num_warps=4, num_stages=1, chunk=4)
     torch.testing.assert_close(got, reference_block_mass(q, k, 64, 64), atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="interpreter tests run where there is no GPU")
+@pytest.mark.parametrize("B,S", [(1, 200), (2, 333)])
+def test_triton_fwd_interpreted_tma_path(B, S):
+    q, k, v = _qkv(B, S, 2, 64, S)
+    lay = _layout(2, S, 64, 0.5, S + 1)
+    cfg = FwdConfig(block_m=32, block_n=32, num_warps=4, num_stages=1, tma=True, ws=True)
+    out, lse = triton_sparse_attention(q, k, v, lay, return_lse=True, config=cfg)
+    torch.testing.assert_close(out, reference_attention(q, k, v, lay), atol=1e-4, rtol=0)
+    torch.testing.assert_close(lse, reference_lse(q, k, lay), atol=1e-4, rtol=0)
