@@ -12,7 +12,7 @@ from calibstudio.engine.attention_hook import AttentionHook, MassRecorder
 from calibstudio.engine.models.base import VideoModelAdapter
 from calibstudio.engine.profile import Profile, ProfileMeta, ProfileWriter
 from calibstudio.engine.progress import Progress
-from calibstudio.engine.trajectory import Trajectory, encode, initial_latents
+from calibstudio.engine.trajectory import Trajectory
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,8 @@ def calibrate(
     for i, prompt in enumerate(prompts):
         recorder.prompt = i
         hook = AttentionHook(adapter, pipe.transformer, mode="record", recorder=recorder)
-        trajectory = Trajectory(pipe, encode(pipe, prompt, s.negative_prompt, s.guidance_scale),
-                                initial_latents(pipe, s.height, s.width, s.frames, s.seed + i), s.steps, hook)
+        trajectory = Trajectory(pipe, adapter, adapter.encode(pipe, prompt, s.negative_prompt, s.guidance_scale),
+                                adapter.initial_latents(pipe, s.height, s.width, s.frames, s.seed + i), s.steps, hook)
         while not trajectory.done:
             progress.update("calibrate", i * s.steps + trajectory.index, total)
             trajectory.step()

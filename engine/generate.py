@@ -13,7 +13,7 @@ from calibstudio.engine.models.base import VideoModelAdapter
 from calibstudio.engine.profile import Profile
 from calibstudio.engine.progress import Progress
 from calibstudio.engine.timing import StepTimer
-from calibstudio.engine.trajectory import Trajectory, decode, encode, initial_latents
+from calibstudio.engine.trajectory import Trajectory
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,10 @@ def _sparse_hook(pipe: Any, adapter: VideoModelAdapter, profile: Profile, s: Gen
                          backend=backend)
 
 
-def _warm_up(pipe: Any, s: GenerationSettings, conditioning: Any, latents: Any) -> None:
+def _warm_up(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, conditioning: Any, latents: Any) -> None:
     """Dense steps thrown away so that the timed steps do not pay for first-call costs."""
     if s.warmup_steps:
-        warm = Trajectory(pipe, conditioning, latents, s.steps)
+        warm = Trajectory(pipe, adapter, conditioning, latents, s.steps)
         for _ in range(min(s.warmup_steps, s.steps)):
             warm.step()
 
@@ -63,10 +63,10 @@ def generate(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, profi
     """One clip: sparse when a profile is given, dense otherwise."""
     progress = progress or Progress()
     hook = _sparse_hook(pipe, adapter, profile, s, backend) if profile is not None else None
-    conditioning = encode(pipe, s.prompt, s.negative_prompt, s.guidance_scale)
-    latents = initial_latents(pipe, s.height, s.width, s.frames, s.seed)
-    _warm_up(pipe, s, conditioning, latents)
-    trajectory = Trajectory(pipe, conditioning, latents, s.steps, hook)
+    conditioning = adapter.encode(pipe, s.prompt, s.negative_prompt, s.guidance_scale)
+    latents = adapter.initial_latents(pipe, s.height, s.width, s.frames, s.seed)
+    _warm_up(pipe, adapter, s, conditioning, latents)
+    trajectory = Trajectory(pipe, adapter, conditioning, latents, s.steps, hook)
     timer, clip = StepTimer(latents.device), Clip(frames=np.empty(0))
     while not trajectory.done:
         progress.update("generate", trajectory.index, s.steps)
@@ -74,7 +74,7 @@ def generate(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, profi
             trajectory.step()
         clip.step_ms.append(timer.last_ms)
     progress.update("generate", s.steps, s.steps)
-    clip.frames = decode(pipe, trajectory.latents)
+    clip.frames = adapter.decode(pipe, trajectory.latents)
     return clip
 
 
@@ -119,11 +119,11 @@ def compare(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, profil
     """
     progress = progress or Progress()
     hook = _sparse_hook(pipe, adapter, profile, s, backend)
-    conditioning = encode(pipe, s.prompt, s.negative_prompt, s.guidance_scale)
-    latents = initial_latents(pipe, s.height, s.width, s.frames, s.seed)
-    _warm_up(pipe, s, conditioning, latents)
-    dense = Trajectory(pipe, conditioning, latents, s.steps)
-    sparse = Trajectory(pipe, conditioning, latents, s.steps, hook)
+    conditioning = adapter.encode(pipe, s.prompt, s.negative_prompt, s.guidance_scale)
+    latents = adapter.initial_latents(pipe, s.height, s.width, s.frames, s.seed)
+    _warm_up(pipe, adapter, s, conditioning, latents)
+    dense = Trajectory(pipe, adapter, conditioning, latents, s.steps)
+    sparse = Trajectory(pipe, adapter, conditioning, latents, s.steps, hook)
     timer = StepTimer(latents.device)
     dense_ms: list[float] = []
     sparse_ms: list[float] = []
@@ -137,5 +137,6 @@ def compare(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, profil
             on_step(dense.index - 1, dense_ms[-1], sparse_ms[-1], dense.latents, sparse.latents)
     progress.update("compare", s.steps, s.steps)
     mean, worst = profile.retained(s.threshold)
-    return Comparison(s, Clip(decode(pipe, dense.latents), dense_ms), Clip(decode(pipe, sparse.latents), sparse_ms),
-                      profile.densities(s.threshold), mean, worst)
+    return Comparison(s, Clip(adapter.decode(pipe, dense.latents), dense_ms),
+                      Clip(adapter.decode(pipe, sparse.latents), sparse_ms), profile.densities(s.threshold),
+                      mean, worst)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -10,6 +11,15 @@ import torch
 
 if TYPE_CHECKING:
     from calibstudio.engine.attention_hook import AttentionHook
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Encoded prompt (and negative prompt when guidance is on), shared by the trajectories of a job."""
+
+    prompt_embeds: torch.Tensor
+    negative_embeds: torch.Tensor | None
+    guidance_scale: float
 
 
 class ModelLoadError(ValueError):
@@ -29,6 +39,22 @@ class VideoModelAdapter(Protocol):
 
     def make_processor(self, hook: AttentionHook, layer: int) -> Any:
         """A diffusers attention processor that routes the attention itself through ``hook.attend``."""
+        ...
+
+    def encode(self, pipe: Any, prompt: str, negative_prompt: str | None, guidance_scale: float) -> Conditioning:
+        """Encode a prompt once for every trajectory of a job."""
+        ...
+
+    def initial_latents(self, pipe: Any, height: int, width: int, frames: int, seed: int) -> torch.Tensor:
+        """Start noise from ``seed``; the same seed gives the same clip on any device."""
+        ...
+
+    def predict(self, pipe: Any, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        """One transformer prediction for the scheduler's step."""
+        ...
+
+    def decode(self, pipe: Any, latents: torch.Tensor) -> np.ndarray:
+        """Final latents to frames: ``uint8 [frames, height, width, 3]``."""
         ...
 
     def preview(self, latents: torch.Tensor) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from diffusers.models.transformers.transformer_wan import WanAttention, _get_qkv_projections
 
-from calibstudio.engine.models.base import ModelLoadError
+from calibstudio.engine.models.base import Conditioning, ModelLoadError
 
 if TYPE_CHECKING:
     from diffusers import WanPipeline
@@ -84,6 +84,33 @@ class WanAdapter:
 
     def make_processor(self, hook: AttentionHook, layer: int) -> WanSelfAttnProcessor:
         return WanSelfAttnProcessor(hook, layer)
+
+    def encode(self, pipe: Any, prompt: str, negative_prompt: str | None, guidance_scale: float) -> Conditioning:
+        guided = guidance_scale > 1.0
+        positive, negative = pipe.encode_prompt(prompt=prompt, negative_prompt=negative_prompt or "",
+                                                do_classifier_free_guidance=guided, device=pipe._execution_device)
+        dtype = pipe.transformer.dtype
+        return Conditioning(positive.to(dtype), negative.to(dtype) if guided else None, guidance_scale)
+
+    def initial_latents(self, pipe: Any, height: int, width: int, frames: int, seed: int) -> torch.Tensor:
+        generator = torch.Generator("cpu").manual_seed(seed)  # on the CPU: a seed gives one clip on any device
+        latents = pipe.prepare_latents(1, pipe.transformer.config.in_channels, height, width, frames,
+                                       torch.float32, torch.device("cpu"), generator)
+        return latents.to(pipe._execution_device)
+
+    def predict(self, pipe: Any, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        return pipe.transformer(hidden_states=latents, timestep=t.expand(latents.shape[0]),
+                                encoder_hidden_states=embeds, return_dict=False)[0]
+
+    @torch.no_grad()
+    def decode(self, pipe: Any, latents: torch.Tensor) -> np.ndarray:
+        vae = pipe.vae
+        latents = latents.to(vae.device, vae.dtype)
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latents)
+        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(latents)
+        video = vae.decode(latents * std + mean, return_dict=False)[0]
+        frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]
+        return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
     def preview(self, latents: torch.Tensor) -> np.ndarray:
         """A cheap look at the current latent: its middle frame, three channels stretched to uint8.
