@@ -21,7 +21,7 @@ else
   TORCH_SPEC ?= torch==$(TORCH_CPU_VERSION) triton
 endif
 
-.PHONY: help install studio demo test lint wheel clean
+.PHONY: help install studio demo test lint wheel screenshots clean
 
 help:
 	@echo "make studio   set up .venv and start the studio on the bundled demo model (headless: the demo)"
@@ -29,6 +29,7 @@ help:
 	@echo "make demo     headless demo of what exists now"
 	@echo "make lint     ruff"
 	@echo "make wheel    build the wheel into dist/"
+	@echo "make screenshots  render every studio view into docs/screenshots/"
 	@echo "torch build: $(TORCH) ($(TORCH_SPEC)); override with TORCH=cpu|cuda or TORCH_SPEC=..."
 
 $(BIN)/python:
@@ -67,6 +68,9 @@ demo: $(STAMP)
 
 wheel: $(STAMP)
 	$(BIN)/python -m build --wheel --no-isolation --outdir dist .
+
+screenshots: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m calibstudio.app.screenshots docs/screenshots
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
