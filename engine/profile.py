@@ -558,13 +558,6 @@ class Profile:
         level = threshold_level(threshold)
         return np.stack([self.heatmap(bin_index, layer, h).entry_level <= level for h in range(self.meta.heads)])
 
-    def layout(self, bin_index: int, layer: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-        """Block layout of one (bin, layer): ``kv_count [heads, nq]`` and sorted ``kv_index [heads, nq, max]``.
-
-        Unused slots of ``kv_index`` repeat the row's last kept block, so kernels may read them safely.
-        """
-        return layout_from_mask(self.mask(bin_index, layer, threshold))
-
     def check_compatible(self, model: dict[str, Any], grid: Sequence[int]) -> None:
         """Raise if this profile was calibrated for another model or token grid."""
         mine = self.meta.model
@@ -575,20 +568,6 @@ class Profile:
         if tuple(grid) != tuple(self.meta.grid):
             raise ProfileError(f"{self.path} was calibrated for token grid {self.meta.grid} (frames, height, "
                                f"width), not {tuple(grid)}; use the calibrated size or calibrate for this one")
-
-
-def layout_from_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted kv lists of a boolean block mask ``[heads, nq, nk]``; every row must keep a block."""
-    counts = mask.sum(axis=-1).astype(np.int32)
-    if counts.min(initial=1) < 1:
-        head, row = np.argwhere(counts == 0)[0]
-        raise ProfileError(f"query block {row} of head {head} keeps no key block")
-    width = int(counts.max(initial=1))
-    order = np.argsort(~mask, axis=-1, kind="stable")[..., :width].astype(np.int32)
-    slot = np.arange(width)
-    last = np.take_along_axis(order, np.maximum(counts - 1, 0)[..., None], axis=-1)
-    index = np.where(slot < counts[..., None], order, last)
-    return counts, index
 
 
 def _check_header(path: Path) -> None:

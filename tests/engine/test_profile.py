@@ -105,26 +105,6 @@ def test_tables_agree_with_the_masks_they_summarise(saved):
                     np.testing.assert_allclose(worst[b, layer], each.min(axis=0), rtol=1e-5)
 
 
-def test_layout_lists_kept_blocks_sorted(saved):
-    path, *_ = saved
-    with Profile.open(path) as profile:
-        mask = profile.mask(1, 0, 0.99)
-        counts, index = profile.layout(1, 0, 0.99)
-    np.testing.assert_array_equal(counts, mask.sum(axis=-1))
-    for h in range(mask.shape[0]):
-        for row in range(mask.shape[1]):
-            kept = index[h, row, : counts[h, row]]
-            assert list(kept) == sorted(np.flatnonzero(mask[h, row]))
-            assert (index[h, row, counts[h, row]:] == kept[-1]).all()
-
-
-def test_layout_rejects_an_empty_row():
-    mask = np.ones((2, 3, 4), dtype=bool)
-    mask[1, 2] = False
-    with pytest.raises(ProfileError, match="query block 2 of head 1 keeps no key block"):
-        P.layout_from_mask(mask)
-
-
 def test_threshold_outside_the_range_is_refused(saved):
     path, *_ = saved
     with Profile.open(path) as profile:
