@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_fwd import exp2_ftz
+
 __all__ = ["block_mass", "triton_block_mass", "torch_block_mass"]
 
 _LOG2E = 1.4426950408889634
@@ -58,27 +60,47 @@ def _mass_kernel(
     # Row sums of CHUNK consecutive key blocks stay in registers (one-hot columns); the reduction across
     # warps happens once per CHUNK blocks, so warps are not lock-stepped on every tile.
     part = tl.zeros([BLOCK_M, CHUNK], dtype=tl.float32)
-    for kb in range(0, nk):
-        start = kb * BLOCK_K
-        if EVEN_K:
-            k = tl.load(k_base + start.to(tl.int64) * sks)
-        else:
-            k = tl.load(k_base + start.to(tl.int64) * sks, mask=(start + offs_n)[None, :] < k_len, other=0.0)
-        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale - lse2[:, None]
-        if not EVEN_K:
-            s = tl.where((start + offs_n)[None, :] < k_len, s, float("-inf"))
-        if FAST_EXP:
-            p = _exp2_f16x2(s)
-        else:
-            p = tl.math.exp2(s)
+    n_main = nk if EVEN_K else nk - 1  # the partial last key block is peeled off: no masking in the loop
+    k_ptrs = k_base
+    for kb in range(0, n_main):
+        rs = _tile_rowsum(q, k_ptrs, lse2, qk_scale, kb * BLOCK_K, k_len,
+                          BLOCK_K, False, FAST_EXP, PRECISION)
         j = kb % CHUNK
-        part += tl.where(cols[None, :] == j, tl.sum(p, 1)[:, None], 0.0)
+        part += tl.where(cols[None, :] == j, rs[:, None], 0.0)
         if j == CHUNK - 1:
             tl.atomic_add(out_row + (kb - (CHUNK - 1)) + cols, tl.sum(part, 0))
             part = tl.zeros([BLOCK_M, CHUNK], dtype=tl.float32)
-    rem = nk % CHUNK
-    if rem > 0:
-        tl.atomic_add(out_row + (nk - rem) + cols, tl.sum(part, 0), mask=cols < rem)
+        k_ptrs += BLOCK_K * sks
+    if not EVEN_K:
+        kb = nk - 1
+        rs = _tile_rowsum(q, k_ptrs, lse2, qk_scale, kb * BLOCK_K, k_len,
+                          BLOCK_K, True, FAST_EXP, PRECISION)
+        part += tl.where(cols[None, :] == kb % CHUNK, rs[:, None], 0.0)
+    base = (n_main // CHUNK) * CHUNK
+    pending = nk - base
+    if pending > 0:
+        tl.atomic_add(out_row + base + cols, tl.sum(part, 0), mask=cols < pending)
+
+
+@triton.jit
+def _tile_rowsum(q, k_ptrs, lse2, qk_scale, start, k_len, BLOCK_K: tl.constexpr, MASK_K: tl.constexpr,
+                 FAST_EXP: tl.constexpr, PRECISION: tl.constexpr):
+    """Per-row sums of exp2(q.k * scale - lse) over one key tile."""
+    offs_n = start + tl.arange(0, BLOCK_K)
+    if MASK_K:
+        k = tl.load(k_ptrs, mask=offs_n[None, :] < k_len, other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+    s = tl.dot(q, k, input_precision=PRECISION) * qk_scale - lse2[:, None]
+    if MASK_K:
+        s = tl.where(offs_n[None, :] < k_len, s, float("-inf"))
+    if FAST_EXP == 1:
+        p = _exp2_f16x2(s)
+    elif FAST_EXP == 2:
+        p = exp2_ftz(s, True)
+    else:
+        p = tl.math.exp2(s)
+    return tl.sum(p, 1)
 
 
 def triton_block_mass(
@@ -89,7 +111,7 @@ def triton_block_mass(
     block_k: int = 128,
     scale: float | None = None,
     out: torch.Tensor | None = None,
-    fast_exp: bool | None = None,
+    fast_exp: bool | int | None = None,
     block_m: int | None = None,
     num_warps: int | None = None,
     num_stages: int = 2,
@@ -97,7 +119,8 @@ def triton_block_mass(
 ) -> torch.Tensor:
     """Block mass ``[H, nq, nk]`` (float32, added into ``out``) from (B, S, H, D) q, k and LSE ``[B, H, Sq]``.
 
-    ``fast_exp`` uses packed f16 exp2 (~1e-3 relative per probability, twice the exp rate); off by default.
+    ``fast_exp``: 1 uses packed f16 exp2 (~1e-3 relative per probability, twice the exp rate), 2 the
+    flush-to-zero f32 exp2 (exact to fp32 rounding); 0/None is ``tl.math.exp2``.
     """
     B, Sq, H, D = q.shape
     Sk = k.shape[1]
@@ -108,7 +131,7 @@ def triton_block_mass(
         raise ValueError(f"out must be contiguous float32 [{H}, {nq}, {nk}]")
     q, k = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k))
     lse = lse.float()
-    fast_exp = bool(fast_exp) and q.is_cuda
+    fast_exp = int(fast_exp or 0) if q.is_cuda else 0  # 1: packed f16 exp2, 2: ftz f32 exp2
     block_m = min(block_q, block_m or (128 if q.is_cuda else 32))
     num_warps = num_warps or (4 if block_m <= 64 else 8)
     scale = 1.0 / math.sqrt(D) if scale is None else scale

@@ -35,10 +35,11 @@ class FwdConfig:
     num_stages: int = 2
     tma: bool = False  # Hopper+: K/V (and Q) tiles through the bulk tensor copy engine (host descriptors)
     ws: bool = False  # let Triton warp-specialise the kv loop (producer/consumer warps)
+    ftz: bool = False  # exp2 as one ex2.approx.ftz instruction (CUDA only)
 
     def __str__(self) -> str:
         base = f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}"
-        return base + "-tma" * self.tma + "-ws" * self.ws
+        return base + "-tma" * self.tma + "-ws" * self.ws + "-ftz" * self.ftz
 
 
 def default_config(device: torch.device, head_dim: int, block_q: int, block_k: int) -> FwdConfig:
@@ -47,9 +48,10 @@ def default_config(device: torch.device, head_dim: int, block_q: int, block_k: i
     if env:
         import re
 
-        m = re.fullmatch(r"m(\d+)n(\d+)w(\d+)s(\d+)(-tma)?(-ws)?", env)
+        m = re.fullmatch(r"m(\d+)n(\d+)w(\d+)s(\d+)(-tma)?(-ws)?(-ftz)?", env)
         if m:
-            return FwdConfig(*(int(x) for x in m.groups()[:4]), tma=bool(m.group(5)), ws=bool(m.group(6)))
+            g = m.groups()
+            return FwdConfig(*(int(x) for x in g[:4]), tma=bool(g[4]), ws=bool(g[5]), ftz=bool(g[6]))
     if device.type != "cuda":
         cfg = FwdConfig(block_m=min(64, block_q), block_n=min(64, block_k), num_warps=4, num_stages=1)
     else:
@@ -61,18 +63,29 @@ def default_config(device: torch.device, head_dim: int, block_q: int, block_k: i
         else:
             cfg = FwdConfig(64, 64, 4, 2)
     bm, bn = min(cfg.block_m, block_q), min(cfg.block_n, block_k)
-    return FwdConfig(bm, bn, cfg.num_warps, cfg.num_stages, cfg.tma, cfg.ws)
+    return FwdConfig(bm, bn, cfg.num_warps, cfg.num_stages, cfg.tma, cfg.ws, cfg.ftz)
 
 
 @triton.jit
-def _update(acc, l_i, m_i, q, k_t, v, offs_n, k_len, qk_scale, MASK_K: tl.constexpr, PRECISION: tl.constexpr):
+def exp2_ftz(x, FTZ: tl.constexpr):
+    """exp2 as the single MUFU instruction (flush-to-zero), skipping the denormal fix-up of ``tl.math.exp2``."""
+    if FTZ:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.math.exp2(x)
+
+
+@triton.jit
+def _update(acc, l_i, m_i, q, k_t, v, offs_n, k_len, qk_scale, MASK_K: tl.constexpr, PRECISION: tl.constexpr,
+            FTZ: tl.constexpr = False):
     """One online-softmax step over a [D, N] key tile and an [N, D] value tile (base-2 exponentials)."""
     qk = tl.dot(q, k_t, input_precision=PRECISION)
     if MASK_K:
         qk = tl.where(offs_n[None, :] < k_len, qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    p = tl.math.exp2(qk * qk_scale - m_new[:, None])  # one FMA per score
-    alpha = tl.math.exp2(m_i - m_new)
+    p = exp2_ftz(qk * qk_scale - m_new[:, None], FTZ)  # one FMA per score
+    alpha = exp2_ftz(m_i - m_new, FTZ)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
@@ -83,6 +96,7 @@ def _update(acc, l_i, m_i, q, k_t, v, offs_n, k_len, qk_scale, MASK_K: tl.conste
 def _step(
     acc, l_i, m_i, q, K, V, k_base, v_base, row_k, col_h, start_n, k_len, qk_scale, sks, svs,
     BLOCK_N: tl.constexpr, MASK_K: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+    FTZ: tl.constexpr,
 ):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     if USE_TMA:
@@ -97,7 +111,7 @@ def _step(
         else:
             k_t = tl.load(k_base + off * sks)
             v = tl.load(v_base + off * svs)
-    return _update(acc, l_i, m_i, q, k_t, v, offs_n, k_len, qk_scale, MASK_K, PRECISION)
+    return _update(acc, l_i, m_i, q, k_t, v, offs_n, k_len, qk_scale, MASK_K, PRECISION, FTZ)
 
 
 @triton.jit
@@ -115,7 +129,7 @@ def _sparse_fwd_kernel(
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     EVEN_K: tl.constexpr, WRITE_LSE: tl.constexpr, PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, WS: tl.constexpr,
+    USE_TMA: tl.constexpr, WS: tl.constexpr, FTZ: tl.constexpr,
 ):
     SPLIT_M: tl.constexpr = BLOCK_Q // BLOCK_M
     SUB_N: tl.constexpr = BLOCK_K // BLOCK_N
@@ -156,7 +170,7 @@ def _sparse_fwd_kernel(
         start_n = kb * BLOCK_K + (t % SUB_N) * BLOCK_N
         acc, l_i, m_i = _step(
             acc, l_i, m_i, q, K, V, k_base, v_base, row_k, col_h, start_n, k_len, qk_scale, sks, svs,
-            BLOCK_N, False, PRECISION, USE_TMA,
+            BLOCK_N, False, PRECISION, USE_TMA, FTZ,
         )
     if not EVEN_K:
         for t in range(n_full * SUB_N, cnt * SUB_N):
@@ -164,7 +178,7 @@ def _sparse_fwd_kernel(
             start_n = kb * BLOCK_K + (t % SUB_N) * BLOCK_N
             acc, l_i, m_i = _step(
                 acc, l_i, m_i, q, K, V, k_base, v_base, row_k, col_h, start_n, k_len, qk_scale, sks, svs,
-                BLOCK_N, True, PRECISION, USE_TMA,
+                BLOCK_N, True, PRECISION, USE_TMA, FTZ,
             )
 
     acc = acc / l_i[:, None]
@@ -234,7 +248,7 @@ def triton_sparse_attention(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         EVEN_K=k.shape[1] % layout.block_k == 0, WRITE_LSE=return_lse,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        USE_TMA=use_tma, WS=cfg.ws,
+        USE_TMA=use_tma, WS=cfg.ws, FTZ=cfg.ftz and q.is_cuda,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return (out, lse) if return_lse else out
