@@ -1,13 +1,7 @@
 """Kernels on the CPU: layout edge cases, CPU path, backend choice, and the Triton kernels interpreted."""
 
-import os
-
-import torch  # does not import triton
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
-
-import pytest  # noqa: E402
+import pytest
+import torch
 
 from calibstudio.kernels.attention import BackendUnavailable, available_backends, choose_backend, sparse_attention
 from calibstudio.kernels.cpu import cpu_sparse_attention
