@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import re
 import shutil
 import sys
@@ -224,8 +225,9 @@ class Server:
                                              side_by_side(result.dense.frames, result.sparse.frames))}
         report = result.report()
         outputs["report"] = write_report(folder / "report.json", report)
+        # PSNR of identical clips is inf, which JSON cannot carry: null, as in the report file
         return {**{k: str(v) for k, v in outputs.items()},
-                **{k: report[k] for k in ("speedup", "psnr", "ssim", "density")}}
+                **{k: report[k] if math.isfinite(report[k]) else None for k in ("speedup", "psnr", "ssim", "density")}}
 
     # -- masks -------------------------------------------------------------------------------
     def send_mask(self, command: Command) -> None:
