@@ -1,7 +1,9 @@
 """The studio's main window: menus, docks, status bar, drag-and-drop and remembered state.
 
-It wires the panels to one :class:`ProfileModel` and owns nothing else; everything it remembers
-goes through the QSettings it is given (tests pass a temporary file).
+It wires the panels to one :class:`ProfileModel` (the open profile and τ) and one :class:`JobRunner`
+(the engine's jobs) and owns nothing else; everything it remembers goes through the QSettings it
+is given (tests pass a temporary file). When the engine stops, a banner says why and offers a
+restart; the profile, the settings and the finished results stay.
 """
 
 from __future__ import annotations
@@ -14,22 +16,33 @@ from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKe
 from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
+    QInputDialog,
     QLabel,
+    QLineEdit,
     QMainWindow,
     QMenu,
     QMessageBox,
     QStackedWidget,
     QTabWidget,
+    QVBoxLayout,
     QWidget,
 )
 
 from calibstudio import __version__
-from calibstudio.app import placeholders, theme
+from calibstudio.app import theme
+from calibstudio.app.engine_banner import EngineBanner
+from calibstudio.app.engine_client import READY, EngineClient, default_command, parse_command
+from calibstudio.app.engine_log import EngineLogView
+from calibstudio.app.exporter import Exporter
 from calibstudio.app.heatmap_view import HeatmapView
+from calibstudio.app.job_panel import JobPanel
+from calibstudio.app.job_runner import JobRunner
 from calibstudio.app.overview_view import OverviewView
+from calibstudio.app.preview_panel import PreviewPanel
 from calibstudio.app.profile_model import DEFAULT_THRESHOLD, ProfileModel
 from calibstudio.app.settings import read_float
 from calibstudio.app.small_multiples import SmallMultiplesView
+from calibstudio.app.speed_panel import SpeedPanel
 from calibstudio.app.threshold_panel import ThresholdPanel
 from calibstudio.engine.profile import ProfileError
 
@@ -41,14 +54,22 @@ WELCOME = ("<h2>CalibAtt Studio</h2><p>Open a calibration profile to inspect its
 
 
 class MainWindow(QMainWindow):
-    """Heatmap, layer heads and (engine) previews in the centre; threshold and overview on the right."""
+    """Jobs on the left; heatmap, layer heads, previews and speed in the centre; threshold and overview right.
+
+    ``engine`` is the engine client to use (default: one built from the settings); it is started at
+    once when ``start_engine`` is true (the studio), not in tests and screenshots that pass their own.
+    """
 
     def __init__(self, settings: QSettings, model: ProfileModel | None = None, persist: bool = True,
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, engine: EngineClient | None = None,
+                 start_engine: bool = False) -> None:
         super().__init__(parent)
         self.settings = settings
         self.persist = persist
         self.model = model or ProfileModel(read_float(settings, "threshold", DEFAULT_THRESHOLD))
+        self.engine = engine or EngineClient.from_settings(settings)
+        self.engine.setParent(self)
+        self.runner = JobRunner(self.engine, self)
         self.setWindowTitle("CalibAtt Studio")
         self.setAcceptDrops(True)
         self.setDockNestingEnabled(True)
@@ -57,41 +78,61 @@ class MainWindow(QMainWindow):
         self.small_multiples = SmallMultiplesView(self.model)
         self.overview = OverviewView(self.model)
         self.threshold = ThresholdPanel(self.model)
+        self.job_panel = JobPanel(self.runner, self.model)
+        self.previews = PreviewPanel(self.runner)
+        self.speed = SpeedPanel(self.runner)
+        self.engine_log = EngineLogView(self.engine)
+        self.exporter = Exporter(settings, self.runner, self.model, self)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(self.heatmap, "Heatmap")
         self.tabs.addTab(self.small_multiples, "Layer heads")
-        self.tabs.addTab(placeholders.previews_panel(), "Previews")
-        self.tabs.addTab(placeholders.speed_panel(), "Speed")
+        self.tabs.addTab(self.previews, "Previews")
+        self.tabs.addTab(self.speed, "Speed")
         self.welcome = QLabel(WELCOME.format(dim=theme.DIM_TEXT))
         self.welcome.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.welcome.setWordWrap(True)
         self.centre = QStackedWidget()
         self.centre.addWidget(self.welcome)
         self.centre.addWidget(self.tabs)
-        self.setCentralWidget(self.centre)
+        self.banner = EngineBanner()
+        central = QWidget()
+        column = QVBoxLayout(central)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(4)
+        column.addWidget(self.banner)
+        column.addWidget(self.centre, 1)
+        self.setCentralWidget(central)
 
         self.docks = {
             "threshold": self._dock("Threshold", self.threshold, Qt.DockWidgetArea.RightDockWidgetArea),
             "overview": self._dock("Overview: layer × head", self.overview, Qt.DockWidgetArea.RightDockWidgetArea),
-            "jobs": self._dock("Jobs", placeholders.job_panel(), Qt.DockWidgetArea.LeftDockWidgetArea),
+            "jobs": self._dock("Jobs", self.job_panel, Qt.DockWidgetArea.LeftDockWidgetArea),
+            "log": self._dock("Engine log", self.engine_log, Qt.DockWidgetArea.BottomDockWidgetArea),
         }
+        self.docks["log"].hide()
         self.resizeDocks([self.docks["threshold"], self.docks["overview"]], [300, 560], Qt.Orientation.Vertical)
         self.resizeDocks([self.docks["threshold"]], [430], Qt.Orientation.Horizontal)
-        self.resizeDocks([self.docks["jobs"]], [210], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.docks["jobs"]], [300], Qt.Orientation.Horizontal)
 
+        self.engine_label = QLabel()
+        self.engine_label.setObjectName("status_engine")
         self.profile_label = QLabel("no profile")
         self.grid_label = QLabel()
         self.density_label = QLabel()
         self.density_label.setObjectName("status_density")
-        for label in (self.profile_label, self.grid_label, self.density_label):
+        for label in (self.engine_label, self.profile_label, self.grid_label, self.density_label):
             self.statusBar().addPermanentWidget(label)
 
         self._build_menus()
         self.small_multiples.head_activated.connect(lambda _: self.tabs.setCurrentWidget(self.heatmap))
         self.model.profile_changed.connect(self._on_profile)
         self.model.threshold_changed.connect(self._update_status)
+        self._connect_engine()
+        self.job_panel.restore_settings(settings)
         self._restore()
+        if start_engine:
+            self.engine.start()
 
     # -- construction ---------------------------------------------------------------------------------------
     def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
@@ -117,13 +158,22 @@ class MainWindow(QMainWindow):
         file_menu = bar.addMenu("&File")
         self._action(file_menu, "&Open profile…", self.choose_profile, QKeySequence.StandardKey.Open,
                      "Open a calibration profile (.safetensors)")
+        export_menu = self.exporter.menu(self)
+        file_menu.addMenu(export_menu)
+        self.previews.export_button.setMenu(export_menu)
+        for action in self.exporter.actions.values():
+            self.addAction(action)
         file_menu.addSeparator()
         self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
 
         view = bar.addMenu("&View")
         self._action(view, "&Heatmap", lambda: self.tabs.setCurrentWidget(self.heatmap), "Ctrl+1")
         self._action(view, "&Layer heads", lambda: self.tabs.setCurrentWidget(self.small_multiples), "Ctrl+2")
+        self._action(view, "&Previews", lambda: self.show_tab(self.previews), "Ctrl+3")
+        self._action(view, "&Speed", lambda: self.show_tab(self.speed), "Ctrl+4")
         self._action(view, "Toggle mask &outline", self.heatmap.toggle_outline, "M")
+        self._action(view, "Play / pause clips", self.previews.toggle_playing, "Space",
+                     "Play or pause the dense and sparse clips together")
         view.addSeparator()
         for dock in self.docks.values():
             view.addAction(dock.toggleViewAction())
@@ -141,6 +191,22 @@ class MainWindow(QMainWindow):
         self._action(nav, "Next head", lambda: m.move_selection(heads=1), "Right")
         self._action(nav, "Previous step bin", lambda: m.move_selection(bins=-1), "PgUp")
         self._action(nav, "Next step bin", lambda: m.move_selection(bins=1), "PgDown")
+
+        jobs = bar.addMenu("&Jobs")
+        panel = self.job_panel
+        self._action(jobs, "&Calibrate", lambda: panel.run("calibrate"), "Ctrl+K", "Calibrate the model into a profile")
+        self._action(jobs, "&Generate", lambda: panel.run("generate"), "Ctrl+G", "Generate one clip")
+        self._action(jobs, "Compa&re dense vs sparse", lambda: panel.run("compare"), "Ctrl+R",
+                     "Dense and sparse from one seed, timed step by step")
+        self._action(jobs, "Ca&ncel job", panel.cancel, "Esc", "Stop the running job at its next step")
+
+        engine = bar.addMenu("&Engine")
+        self._action(engine, "&Restart engine", self.restart_engine, "Ctrl+Shift+R",
+                     "Start the engine again (the profile, settings and results stay)")
+        self._action(engine, "&Stop engine", self.engine.stop)
+        self._action(engine, "Engine &command…", self.choose_engine_command,
+                     tip="Run the engine elsewhere, e.g. ssh gpu-box calibstudio engine --remote")
+        engine.addAction(self.docks["log"].toggleViewAction())
 
         help_menu = bar.addMenu("&Help")
         self._action(help_menu, "&About", self._about)
@@ -185,6 +251,75 @@ class MainWindow(QMainWindow):
         self.density_label.setText(f"density {stats.density:.1%} at τ {stats.applied:.5f} · "
                                    f"predicted {stats.speedup.speedup:.2f}×")
 
+    # -- engine and jobs -------------------------------------------------------------------------------------
+    def _connect_engine(self) -> None:
+        self.banner.restart_requested.connect(self.restart_engine)
+        self.banner.log_requested.connect(lambda: (self.docks["log"].show(), self.docks["log"].raise_()))
+        self.engine.state_changed.connect(self._engine_state)
+        self.engine.ready.connect(self._engine_ready)
+        self.engine.stopped.connect(self._engine_stopped)
+        self.engine.error.connect(self._engine_error)
+        self.runner.job_started.connect(self._job_started)
+        self.runner.job_finished.connect(self._job_finished)
+        self.job_panel.message_changed.connect(lambda text: self.statusBar().showMessage(text, 15_000))
+        self.exporter.exported.connect(lambda text: self.statusBar().showMessage(text, 15_000))
+        self.exporter.failed.connect(lambda text: QMessageBox.warning(self, "Export", text))
+        self._engine_state(self.engine.state)
+
+    def restart_engine(self) -> None:
+        """Start the engine again; everything else in the window stays."""
+        self.banner.hide()
+        self.statusBar().showMessage("Restarting the engine…", 5000)
+        self.engine.restart()
+
+    def choose_engine_command(self) -> None:
+        """Let the user run the engine elsewhere (e.g. over ssh); empty means the local engine."""
+        current = str(self.settings.value("engine/command", ""))
+        text, ok = QInputDialog.getText(self, "Engine command", "Command that starts the engine (empty: the "
+                                        "local one),\ne.g. ssh gpu-box calibstudio engine --remote",
+                                        QLineEdit.EchoMode.Normal, current)
+        if not ok:
+            return
+        try:
+            command = parse_command(text) if text.strip() else None
+        except ValueError as error:
+            QMessageBox.warning(self, "Engine command", str(error))
+            return
+        self.settings.setValue("engine/command", text.strip())
+        self.engine.command = command or default_command()
+        self.restart_engine()
+
+    def show_tab(self, widget: QWidget) -> None:
+        self.centre.setCurrentWidget(self.tabs)
+        self.tabs.setCurrentWidget(widget)
+
+    def _engine_state(self, state: str) -> None:
+        colour = {READY: "#81c784", "starting": "#ffd54f"}.get(state, theme.ERROR_TEXT)
+        self.engine_label.setText(f"<span style='color:{colour}'>●</span> engine {state}")
+        self.engine_label.setToolTip(self.engine.describe_command())
+        if state != "stopped":
+            self.banner.hide()
+
+    def _engine_ready(self, info: dict) -> None:
+        self.statusBar().showMessage(f"Engine ready: {info.get('engine', 'calibstudio')}", 5000)
+        self.job_panel.preload()
+
+    def _engine_stopped(self, reason: str) -> None:
+        self.banner.show_stopped(reason)
+        self.statusBar().showMessage(f"Engine stopped: {reason}")
+
+    def _engine_error(self, command_id: str, code: str, message: str) -> None:
+        if not command_id:  # nothing waits for it: say so, the engine keeps running
+            self.statusBar().showMessage(f"Engine error ({code}): {message}", 15_000)
+
+    def _job_started(self, kind: str) -> None:
+        if kind in ("compare", "generate"):
+            self.show_tab(self.previews)
+
+    def _job_finished(self, kind: str, payload: dict) -> None:
+        if kind == "calibrate" and isinstance(payload.get("profile"), str):
+            self.open_profile(payload["profile"])
+
     # -- drag and drop --------------------------------------------------------------------------------------
     @staticmethod
     def _dropped_profile(event: QDragEnterEvent | QDropEvent) -> str | None:
@@ -218,7 +353,8 @@ class MainWindow(QMainWindow):
             self.restoreState(state)
 
     def save_state(self) -> None:
-        """Remember geometry, dock layout and the threshold (called on close)."""
+        """Remember geometry, dock layout, the threshold and the job form (called on close)."""
+        self.job_panel.save_settings(self.settings)
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())
         self.settings.setValue("threshold", self.model.threshold)
@@ -227,10 +363,14 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt override)
         if self.persist:
             self.save_state()
+        self.previews.set_playing(False)
+        self.engine.stop()
         super().closeEvent(event)
 
     def _about(self) -> None:
         QMessageBox.about(self, "About CalibAtt Studio",
                           f"<b>CalibAtt Studio</b> {__version__}<br>Calibrated block-sparse attention for "
                           f"text-to-video diffusion transformers.<br><br>Shortcuts: [ / ] threshold, "
-                          f"arrows layer/head, PgUp/PgDn step bin, M mask outline, Ctrl+O open.")
+                          f"arrows layer/head, PgUp/PgDn step bin, M mask outline, Ctrl+O open; "
+                          f"Ctrl+K calibrate, Ctrl+G generate, Ctrl+R compare, Esc cancel, Space play/pause, "
+                          f"Ctrl+E export side by side, Ctrl+Shift+R restart the engine.")

@@ -1,0 +1,164 @@
+"""Export: the last job's clips (dense, sparse, side by side), the profile at the chosen τ, the JSON report.
+
+The engine already wrote every clip and the report into the job's folder; exporting copies them
+where the user wants through a temporary file and a rename (engine.atomic), so an interrupted or
+failed export never leaves half a file and never clobbers an existing one with a broken copy. A
+profile holds every threshold; exported "at τ" it is the profile plus ``<name>.threshold.json``
+beside it, recording the chosen τ and what it gives (density, retained mass, predicted speedup),
+so whoever receives the pair applies it as the user tuned it. The save dialog remembers its folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, QSettings, Signal
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QFileDialog, QMenu, QWidget
+
+from calibstudio.app.job_runner import JobRunner
+from calibstudio.app.profile_model import ProfileModel
+from calibstudio.engine.atomic import WriteError, atomic_write
+
+# name -> (menu text, file filter, suffix)
+TARGETS: dict[str, tuple[str, str, str]] = {
+    "side_by_side": ("Side-by-side MP4…", "MP4 video (*.mp4)", "side-by-side.mp4"),
+    "dense": ("Dense clip MP4…", "MP4 video (*.mp4)", "dense.mp4"),
+    "sparse": ("Sparse clip MP4…", "MP4 video (*.mp4)", "sparse.mp4"),
+    "profile": ("Profile at the chosen τ…", "Calibration profiles (*.safetensors)", "profile.safetensors"),
+    "report": ("JSON report…", "JSON (*.json)", "report.json"),
+}
+FOLDER_KEY = "export/folder"
+
+
+def copy_file(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Copy ``source`` to ``target`` atomically; raises WriteError (or OSError for a missing source)."""
+    source = Path(source)
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} does not exist any more (job folders are temporary)")
+    return atomic_write(Path(target), lambda tmp: shutil.copyfile(source, tmp))
+
+
+def threshold_note(model: ProfileModel) -> dict[str, Any]:
+    """What the chosen τ does to the open profile, as recorded beside an exported profile."""
+    stats = model.stats()
+    if stats is None or model.profile is None:
+        raise ValueError("no profile is open")
+    return {
+        "profile": model.profile.path.name,
+        "threshold": stats.requested,
+        "applied_threshold": stats.applied,
+        "density": stats.density,
+        "retained_mass_mean": stats.mean_retained,
+        "retained_mass_worst": stats.worst_retained,
+        "predicted_speedup": stats.speedup.speedup,
+        "use": f"calibstudio generate --profile {model.profile.path.name} --threshold {stats.requested:g}, "
+               f"or calibstudio.apply_profile(pipe, profile, threshold={stats.requested:g})",
+    }
+
+
+def export_profile(model: ProfileModel, target: str | os.PathLike[str]) -> list[Path]:
+    """The open profile at ``target`` and its ``.threshold.json`` beside it; returns both paths."""
+    if model.profile is None:
+        raise ValueError("no profile is open")
+    target = Path(target)
+    note = json.dumps(threshold_note(model), indent=2) + "\n"
+    note_path = target.with_name(f"{target.stem}.threshold.json")
+    profile = copy_file(model.profile.path, target)
+    return [profile, atomic_write(note_path, lambda tmp: tmp.write_text(note))]
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """A file-name-safe short form of a prompt."""
+    words = re.sub(r"[^A-Za-z0-9]+", "-", text.lower()).strip("-")
+    return words[:limit].rstrip("-") or "clip"
+
+
+class Exporter(QObject):
+    """The Export actions (menu and buttons) and what they copy from the last finished job.
+
+    Signals: ``exported(message)`` after a successful export, ``failed(message)`` when it could not be done.
+    """
+
+    exported = Signal(str)
+    failed = Signal(str)
+
+    def __init__(self, settings: QSettings, runner: JobRunner, model: ProfileModel, window: QWidget) -> None:
+        super().__init__(window)
+        self.settings = settings
+        self.model = model
+        self.window = window
+        self.sources: dict[str, str] = {}  # clip/report name -> file in the job folder
+        self.stem = "clip"
+        self.actions: dict[str, QAction] = {}
+        for name, (text, _, _) in TARGETS.items():
+            action = QAction(text, window)
+            action.setObjectName(f"export_{name}")
+            action.triggered.connect(lambda _=False, n=name: self.export(n))
+            self.actions[name] = action
+        self.actions["side_by_side"].setShortcut("Ctrl+E")
+        runner.job_finished.connect(self._job_finished)
+        model.profile_changed.connect(self.update_enabled)
+        self.update_enabled()
+
+    def menu(self, parent: QWidget) -> QMenu:
+        """A menu holding the export actions (the File menu and the preview panel's button share them)."""
+        menu = QMenu("&Export", parent)
+        for name in ("side_by_side", "dense", "sparse"):
+            menu.addAction(self.actions[name])
+        menu.addSeparator()
+        menu.addAction(self.actions["profile"])
+        menu.addAction(self.actions["report"])
+        return menu
+
+    def update_enabled(self) -> None:
+        for name, action in self.actions.items():
+            action.setEnabled(self.model.profile is not None if name == "profile" else name in self.sources)
+
+    def _job_finished(self, kind: str, payload: dict) -> None:
+        if kind == "compare":
+            self.sources = {name: payload[name] for name in ("dense", "sparse", "side_by_side", "report")
+                            if isinstance(payload.get(name), str)}
+        elif kind == "generate" and isinstance(payload.get("video"), str):
+            mode = getattr(payload.get("request"), "mode", "dense")
+            self.sources = {mode: payload["video"]}
+        else:
+            return
+        request = payload.get("request")
+        self.stem = f"{slug(request.prompt)}_seed{request.seed}" if request is not None else "clip"
+        self.update_enabled()
+
+    def suggested_name(self, name: str) -> str:
+        if name == "profile" and self.model.profile is not None:
+            return f"{self.model.profile.path.stem}_tau{self.model.threshold:g}.safetensors"
+        return f"{self.stem}_{TARGETS[name][2]}"
+
+    def export(self, name: str) -> None:
+        """Ask where (starting in the folder used last) and export ``name`` there."""
+        text, file_filter, _ = TARGETS[name]
+        folder = str(self.settings.value(FOLDER_KEY, str(Path.home())))
+        path, _ = QFileDialog.getSaveFileName(self.window, f"Export {text.rstrip('…').lower()}",
+                                              str(Path(folder) / self.suggested_name(name)), file_filter)
+        if path:
+            self.export_to(name, path)
+
+    def export_to(self, name: str, path: str | os.PathLike[str]) -> list[Path]:
+        """Export ``name`` to ``path`` (no dialog); remembers the folder. Empty list (and ``failed``) on error."""
+        try:
+            if name == "profile":
+                written = export_profile(self.model, path)
+            elif name in self.sources:
+                written = [copy_file(self.sources[name], path)]
+            else:
+                raise ValueError(f"nothing to export as {name!r} yet: run a compare or generate first")
+        except (OSError, WriteError, ValueError) as error:
+            self.failed.emit(f"Export failed: {error}")
+            return []
+        self.settings.setValue(FOLDER_KEY, str(Path(path).resolve().parent))
+        self.exported.emit("Exported " + ", ".join(str(p) for p in written))
+        return written
