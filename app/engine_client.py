@@ -213,8 +213,11 @@ class EngineClient(QObject):
     def _finished(self, process: QProcess, code: int, status: QProcess.ExitStatus) -> None:
         if process is not self._process:
             return
-        self._read_stdout(process)  # its last words may still be in the pipe
-        self._read_stderr(process)
+        try:
+            self._read_stdout(process)  # its last words may still be in the pipe
+            self._read_stderr(process)
+        except RuntimeError:  # the client itself is being destroyed (interpreter exit): nobody is listening
+            return
         if self._stderr:
             self._emit_stderr(self._stderr.decode("utf-8", "replace"))
             self._stderr.clear()

@@ -59,9 +59,11 @@ BUTTON_TIPS = {
 
 
 def format_eta(seconds: float | None) -> str:
-    """``m:ss`` (or ``h:mm:ss``) for an ETA; ``…`` while it is not known yet."""
+    """``m:ss`` (or ``h:mm:ss``) for an ETA; ``…`` while it is not known yet, ``<0:01`` when nearly done."""
     if seconds is None:
         return "…"
+    if 0 < seconds < 0.5:
+        return "<0:01"
     seconds = max(int(round(seconds)), 0)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
@@ -294,8 +296,7 @@ class JobPanel(QWidget):
         start = self.model_box.currentText() if Path(self.model_box.currentText()).is_dir() else str(Path.home())
         folder = QFileDialog.getExistingDirectory(self, "Choose a diffusers model folder", start)
         if folder:
-            self.model_box.setCurrentText(folder)
-            self._model_chosen()
+            self.set_model(folder)
 
     def choose_profile(self) -> None:
         current = self.profile_edit.text().strip()
@@ -307,6 +308,11 @@ class JobPanel(QWidget):
             self.profile_edit.setText(path)
 
     # -- model and profile --------------------------------------------------------------------------------
+    def set_model(self, model: str) -> None:
+        """Choose ``model`` as the user would: the engine loads it and its defaults fill the form."""
+        self.model_box.setCurrentText(model)
+        self._model_chosen()
+
     def _model_chosen(self) -> None:
         model = self.model_box.currentText().strip()
         if model and model != self.runner.loaded_model and model != self._defaults_for:
@@ -352,7 +358,7 @@ class JobPanel(QWidget):
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(min(step, total))
         kind = self.runner.current.user_kind if self.runner.current else phase
-        what = "loading model" if phase == "load" else phase
+        what = "loading the model" if phase == "load" else "step" if phase == kind else phase
         label = f"{kind}: {what} {step}/{total}"
         if step < total:
             label += f" · ETA {format_eta(eta)}"

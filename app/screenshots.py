@@ -1,9 +1,15 @@
-"""Render every studio view of a profile to PNG, for the docs and for people reviewing the GUI.
+"""Render every studio view to PNG, for the docs and for people reviewing the GUI.
 
 ``python -m calibstudio.app.screenshots OUTDIR [--profile FILE]`` writes ``main_window.png``,
 ``heatmap.png`` (mask outline and dimmed dropped blocks), ``overview.png``, ``small_multiples.png``
 and ``threshold.png``. Without ``--profile`` it first writes a Wan-2.1-1.3B-sized synthetic profile
 (480p/81f: 21 x 30 x 52 tokens, 30 layers x 12 heads, about a minute on 2 cores).
+
+Then (unless ``--no-engine``) it starts a real engine, calibrates ``--model`` and runs one short
+compare through the studio exactly as a user would, and renders what that run produced:
+``jobs.png`` (the job panel mid-compare, progress and ETA), ``previews.png`` (dense and sparse
+clips with the measured PSNR/SSIM), ``speed.png`` (measured per-step times and speedup) and
+``studio_compare.png`` (the whole window after the run). Every number in them was measured.
 """
 
 from __future__ import annotations
@@ -86,14 +92,119 @@ def render(profile_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     return written
 
 
+# rendered in this order: the window first, then panels taken out of it and shown alone
+ENGINE_VIEWS = {"studio_compare": (1600, 1000), "jobs": (0, 0), "previews": (1100, 560), "speed": (1000, 560)}
+# calibration settings per model: the tiny model's 96-token clips need small blocks to have any
+CALIBRATION = {"tiny": {"block": "16", "bins": 2}, "demo": {"block": "128", "bins": 4}}
+JOB_TIMEOUT_S = 900.0
+
+
+def _wait(app, condition, what: str, timeout_s: float = JOB_TIMEOUT_S) -> None:
+    """Run the event loop until ``condition()``; RuntimeError naming ``what`` on timeout."""
+    import time
+
+    from PySide6.QtCore import QEventLoop
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout_s:g} s waiting for {what}")
+        app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+
+
+def render_engine_views(out_dir: str | os.PathLike[str], model: str = "tiny", threshold: float = 0.9,
+                        prompt: str = "a red circle moves left over a blue background", seed: int = 2) -> list[Path]:
+    """Calibrate ``model`` and run one compare on a real engine through the studio; render the job views."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import QRect
+    from PySide6.QtWidgets import QApplication
+
+    from calibstudio.app.engine_client import EngineClient, default_command
+    from calibstudio.app.main_window import MainWindow
+    from calibstudio.app.settings import open_settings
+    from calibstudio.app.studio import install_message_filter
+    from calibstudio.app.theme import apply_dark_theme
+
+    install_message_filter()
+    app = QApplication.instance() or QApplication(["calibstudio-screenshots"])
+    apply_dark_theme(app)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    with tempfile.TemporaryDirectory() as scratch:
+        engine = EngineClient([*default_command(), "--jobs-dir", str(Path(scratch) / "jobs")])
+        window = MainWindow(open_settings(str(Path(scratch) / "settings.ini")), engine=engine, persist=False,
+                            start_engine=True)
+        window.resize(*ENGINE_VIEWS["studio_compare"])
+        window.show()
+        failures: list[str] = []
+        window.runner.job_failed.connect(lambda kind, code, message: failures.append(f"{kind}: {message}"))
+        panel = window.job_panel
+        _wait(app, lambda: engine.state == "stopped" or (engine.is_ready and not window.runner.busy), "the engine")
+        panel.set_model(model)
+        _wait(app, lambda: failures or (window.runner.loaded_model == model and not window.runner.busy),
+              f"model {model}")
+        settings = CALIBRATION.get(model, CALIBRATION["demo"])
+        panel.profile_edit.setText(str(Path(scratch) / f"{Path(model).name}.safetensors"))
+        panel.block_box.setCurrentText(settings["block"])
+        panel.bins_box.setValue(settings["bins"])
+        panel.prompt_edit.setPlainText(prompt)
+        panel.seed_box.setValue(seed)
+        mid_job: list = []  # the job panel half-way through the compare: progress bar and ETA
+
+        def grab_mid_compare(phase: str, step: int, total: int, _eta: object) -> None:
+            if phase == "compare" and step == max(total // 2, 1) and not mid_job:
+                bottom = panel.message.geometry().bottom() + 12  # the form down to the messages, not the stretch
+                mid_job.append(panel.grab(QRect(0, 0, panel.width(), bottom)))
+
+        window.runner.job_progress.connect(grab_mid_compare)
+        for kind in ("calibrate", "compare"):
+            if kind == "compare":
+                window.model.set_threshold(threshold)
+                window.model.select(layer=0, head=0)
+            if failures or not panel.run(kind):
+                raise RuntimeError(f"could not {kind}: {failures or panel.message.text()}")
+            _wait(app, lambda: not window.runner.busy, kind)
+            if failures:
+                raise RuntimeError(failures[0])
+        _wait(app, lambda: len(window.previews.clips) == 2 or "cannot" in window.previews.status.text(), "the clips")
+        window.previews.show_frame(window.previews.frame_count // 2)
+        for name, size in ENGINE_VIEWS.items():
+            if name == "jobs":
+                pixmap = mid_job[0] if mid_job else panel.grab()
+            elif name == "studio_compare":
+                window.show_tab(window.previews)
+                app.processEvents()
+                pixmap = window.grab()
+            else:
+                widget = window.previews if name == "previews" else window.speed
+                widget.setParent(None)  # shown alone at a fixed size, as a test shows a panel
+                widget.resize(*size)
+                widget.show()
+                for _ in range(5):
+                    app.processEvents()
+                pixmap = widget.grab()
+            path = out / f"{name}.png"
+            if not pixmap.save(str(path), "PNG"):
+                raise OSError(f"could not write {path}")
+            written.append(path)
+        engine.stop()
+        window.close()
+        window.deleteLater()
+        app.processEvents()
+    return written
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``OUTDIR [--profile FILE] [--layer L] [--head H] [--threshold T]``."""
+    """Command line: ``OUTDIR [--profile FILE] [--layer L] [--head H] [--threshold T] [--model M] [--no-engine]``."""
     parser = argparse.ArgumentParser(prog="python -m calibstudio.app.screenshots", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", help="folder for the PNGs")
     parser.add_argument("--profile", help="profile to show (default: a Wan-1.3B-sized synthetic one)")
     parser.add_argument("--layer", type=int, help="layer to show (default: the middle one)")
     parser.add_argument("--head", type=int, default=0, help="head to show (default 0)")
     parser.add_argument("--threshold", type=float, default=0.999, help="threshold (default 0.999)")
+    parser.add_argument("--model", default=None, help="model for the engine views (default: the job panel's)")
+    parser.add_argument("--no-engine", action="store_true", help="skip the views that need an engine run")
     args = parser.parse_args(argv)
     from calibstudio.engine.profile import ProfileError
 
@@ -107,7 +218,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 profile = write_synthetic_profile(Path(scratch) / "wan-1.3b-480p-synthetic.safetensors",
                                                   (21, 30, 52), layers=30, heads=12, bins=4, steps=50)
                 paths = render(profile, args.out_dir, args.layer, args.head, args.threshold)
-    except (ProfileError, OSError) as error:
+        if not args.no_engine:
+            from calibstudio.app.job_request import DEFAULT_MODEL
+
+            paths += render_engine_views(args.out_dir, args.model or DEFAULT_MODEL)
+    except (ProfileError, OSError, RuntimeError) as error:
         print(f"screenshots: error: {error}", file=sys.stderr)
         return 1
     for path in paths:

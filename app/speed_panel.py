@@ -49,7 +49,7 @@ class SpeedPanel(QWidget):
         self.plot.setLabel("bottom", "denoising step")
         self.plot.setLabel("left", "step time", units="ms")
         self.plot.showGrid(x=True, y=True, alpha=0.25)
-        self.plot.addLegend(offset=(-10, 10))
+        self.plot.addLegend(offset=(-10, 10), brush=pg.mkBrush(22, 23, 26, 200))
         self.dense_curve = self.plot.plot([], [], name="dense", pen=pg.mkPen(DENSE_PEN, width=2),
                                           symbol="o", symbolSize=6, symbolBrush=DENSE_PEN)
         self.sparse_curve = self.plot.plot([], [], name="sparse", pen=pg.mkPen(SPARSE_PEN, width=2),

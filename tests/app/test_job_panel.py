@@ -52,6 +52,7 @@ def test_request_arguments_per_command(small_profile):
     assert "profile" not in request.args("generate") and request.args("generate")["mode"] == "dense"
     assert request.args("calibrate")["block"] == 128 and "prompt" not in request.args("calibrate")
     assert format_eta(None) == "…" and format_eta(75.4) == "1:15" and format_eta(3725) == "1:02:05"
+    assert format_eta(0.2) == "<0:01"
 
 
 @pytest.fixture
@@ -91,6 +92,15 @@ def test_buttons_follow_the_engine_and_threshold_follows_the_slider(fake_window,
     fake_window.engine.stop()
     assert not any(button.isEnabled() for button in panel.buttons.values())
     assert not panel.run("compare") and "engine is not running" in panel.message.text()
+
+
+def test_typing_in_the_form_is_not_taken_by_window_shortcuts(window, qtbot):
+    """Space (play/pause), Esc (cancel) and [ ] (threshold) are window shortcuts; text fields keep their keys."""
+    prompt = window.job_panel.prompt_edit
+    prompt.setFocus()
+    level = window.model.level
+    qtbot.keyClicks(prompt, "a [red] ball")
+    assert prompt.toPlainText() == "a [red] ball" and window.model.level == level
 
 
 def test_form_is_remembered_between_sessions(dark_app, qtbot, settings_file, small_profile):
