@@ -14,6 +14,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from PySide6.QtWidgets import QFileDialog, QMenu, QWidget
 
 from calibstudio.app.job_runner import JobRunner
 from calibstudio.app.profile_model import ProfileModel
-from calibstudio.engine.atomic import WriteError, atomic_write
+from calibstudio.engine.atomic import atomic_write
 
 # name -> (menu text, file filter, suffix)
 TARGETS: dict[str, tuple[str, str, str]] = {
@@ -62,14 +64,11 @@ def threshold_note(model: ProfileModel) -> dict[str, Any]:
     }
 
 
-def export_profile(model: ProfileModel, target: str | os.PathLike[str]) -> list[Path]:
-    """The open profile at ``target`` and its ``.threshold.json`` beside it; returns both paths."""
-    if model.profile is None:
-        raise ValueError("no profile is open")
+def write_profile(source: str | os.PathLike[str], note: str, target: str | os.PathLike[str]) -> list[Path]:
+    """Copy the profile ``source`` to ``target`` and write ``note`` (JSON) beside it as ``<stem>.threshold.json``."""
     target = Path(target)
-    note = json.dumps(threshold_note(model), indent=2) + "\n"
     note_path = target.with_name(f"{target.stem}.threshold.json")
-    profile = copy_file(model.profile.path, target)
+    profile = copy_file(source, target)
     return [profile, atomic_write(note_path, lambda tmp: tmp.write_text(note))]
 
 
@@ -102,6 +101,7 @@ class Exporter(QObject):
             action.triggered.connect(lambda _=False, n=name: self.export(n))
             self.actions[name] = action
         self.actions["side_by_side"].setShortcut("Ctrl+E")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export")
         runner.job_finished.connect(self._job_finished)
         model.profile_changed.connect(self.update_enabled)
         self.update_enabled()
@@ -139,26 +139,52 @@ class Exporter(QObject):
         return f"{self.stem}_{TARGETS[name][2]}"
 
     def export(self, name: str) -> None:
-        """Ask where (starting in the folder used last) and export ``name`` there."""
+        """Ask where (starting in the folder used last) and export ``name`` there, off the GUI thread."""
         text, file_filter, _ = TARGETS[name]
         folder = str(self.settings.value(FOLDER_KEY, str(Path.home())))
         path, _ = QFileDialog.getSaveFileName(self.window, f"Export {text.rstrip('…').lower()}",
                                               str(Path(folder) / self.suggested_name(name)), file_filter)
         if path:
-            self.export_to(name, path)
+            self.export_to(name, path, wait=False)
 
-    def export_to(self, name: str, path: str | os.PathLike[str]) -> list[Path]:
-        """Export ``name`` to ``path`` (no dialog); remembers the folder. Empty list (and ``failed``) on error."""
+    def export_to(self, name: str, path: str | os.PathLike[str], wait: bool = True) -> list[Path]:
+        """Export ``name`` to ``path`` (no dialog) and remember the folder; returns the files written.
+
+        With ``wait=False`` the copying runs on a worker thread (a Wan-14B profile is hundreds of MB) and
+        the result comes as ``exported`` or ``failed``; errors always come as ``failed`` (and ``[]``).
+        """
         try:
-            if name == "profile":
-                written = export_profile(self.model, path)
-            elif name in self.sources:
-                written = [copy_file(self.sources[name], path)]
-            else:
-                raise ValueError(f"nothing to export as {name!r} yet: run a compare or generate first")
-        except (OSError, WriteError, ValueError) as error:
+            write = self._plan(name, Path(path))
+        except ValueError as error:
             self.failed.emit(f"Export failed: {error}")
             return []
         self.settings.setValue(FOLDER_KEY, str(Path(path).resolve().parent))
+        if wait:
+            return self._write(write)
+        self._pool.submit(self._write, write)
+        return []
+
+    def _plan(self, name: str, target: Path) -> Callable[[], list[Path]]:
+        """Read what the export needs from the window's state now (GUI thread); the returned call writes."""
+        if name == "profile":
+            if self.model.profile is None:
+                raise ValueError("no profile is open")
+            source, note = self.model.profile.path, json.dumps(threshold_note(self.model), indent=2) + "\n"
+            return lambda: write_profile(source, note, target)
+        if name not in self.sources:
+            raise ValueError(f"nothing to export as {name!r} yet: run a compare or generate first")
+        source = self.sources[name]
+        return lambda: [copy_file(source, target)]
+
+    def _write(self, write: Callable[[], list[Path]]) -> list[Path]:
+        try:
+            written = write()
+        except (OSError, ValueError) as error:  # WriteError is a ValueError
+            self.failed.emit(f"Export failed: {error}")
+            return []
         self.exported.emit("Exported " + ", ".join(str(p) for p in written))
         return written
+
+    def wait(self) -> None:
+        """Block until background exports are done (tests, shutdown)."""
+        self._pool.submit(lambda: None).result()
