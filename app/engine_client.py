@@ -56,6 +56,13 @@ def parse_command(text: str) -> list[str]:
     return parts
 
 
+def engine_state_text(client: EngineClient) -> str:
+    """The engine's state in words: "ready", "starting", "stopped" (it failed: see last_reason) or "off"."""
+    if client.state == STOPPED and not client.last_reason:
+        return "off"
+    return client.state
+
+
 class EngineClient(QObject):
     """A running (or stopped) engine process and the signals its events become.
 

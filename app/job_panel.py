@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from calibstudio.app import theme
-from calibstudio.app.engine_client import READY
+from calibstudio.app.engine_client import READY, engine_state_text
 from calibstudio.app.job_request import (
     BLOCK_SIZES,
     BUNDLED_MODELS,
@@ -174,6 +174,7 @@ class JobPanel(QWidget):
         runner.model_loaded.connect(self._model_loaded)
         runner.client.state_changed.connect(lambda _: self.update_enabled())
         self._apply_size_steps()
+        self._profile_opened()  # a profile opened before the panel existed is the job's profile too
         self.update_enabled()
 
     def _layout(self) -> None:
@@ -286,10 +287,9 @@ class JobPanel(QWidget):
         if not self.runner.busy:
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
-            state = self.runner.client.state
             model = self.runner.loaded_model
             self.progress_label.setText("idle · " + (f"model {model} loaded" if model else "no model loaded yet")
-                                        if ready else f"engine {state}")
+                                        if ready else f"engine {engine_state_text(self.runner.client)}")
 
     # -- pickers ------------------------------------------------------------------------------------------
     def choose_model_folder(self) -> None:

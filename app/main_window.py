@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 from calibstudio import __version__
 from calibstudio.app import theme
 from calibstudio.app.engine_banner import EngineBanner
-from calibstudio.app.engine_client import READY, EngineClient, default_command, parse_command
+from calibstudio.app.engine_client import READY, EngineClient, default_command, engine_state_text, parse_command
 from calibstudio.app.engine_log import EngineLogView
 from calibstudio.app.exporter import Exporter
 from calibstudio.app.heatmap_view import HeatmapView
@@ -294,8 +294,9 @@ class MainWindow(QMainWindow):
         self.tabs.setCurrentWidget(widget)
 
     def _engine_state(self, state: str) -> None:
-        colour = {READY: "#81c784", "starting": "#ffd54f"}.get(state, theme.ERROR_TEXT)
-        self.engine_label.setText(f"<span style='color:{colour}'>●</span> engine {state}")
+        text = engine_state_text(self.engine)
+        colour = {READY: "#81c784", "starting": "#ffd54f", "off": theme.DIM_TEXT}.get(text, theme.ERROR_TEXT)
+        self.engine_label.setText(f"<span style='color:{colour}'>●</span> engine {text}")
         self.engine_label.setToolTip(self.engine.describe_command())
         if state != "stopped":
             self.banner.hide()

@@ -94,8 +94,12 @@ def render(profile_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
 
 # rendered in this order: the window first, then panels taken out of it and shown alone
 ENGINE_VIEWS = {"studio_compare": (1600, 1000), "jobs": (0, 0), "previews": (1100, 560), "speed": (1000, 560)}
-# calibration settings per model: the tiny model's 96-token clips need small blocks to have any
-CALIBRATION = {"tiny": {"block": "16", "bins": 2}, "demo": {"block": "128", "bins": 4}}
+# job settings per model (None: the engine's default). The tiny model's default clip is 96 tokens (6x6 blocks of
+# 16); its steps take milliseconds, so more of them make the sums less hostage to one hiccup of the machine.
+RUNS: dict[str, dict[str, int | None]] = {
+    "tiny": {"block": 16, "bins": 2, "width": None, "height": None, "frames": None, "steps": 12},
+    "demo": {"block": 128, "bins": 4, "width": None, "height": None, "frames": None, "steps": None},
+}
 JOB_TIMEOUT_S = 900.0
 
 
@@ -144,10 +148,14 @@ def render_engine_views(out_dir: str | os.PathLike[str], model: str = "tiny", th
         panel.set_model(model)
         _wait(app, lambda: failures or (window.runner.loaded_model == model and not window.runner.busy),
               f"model {model}")
-        settings = CALIBRATION.get(model, CALIBRATION["demo"])
+        run = RUNS.get(model, RUNS["demo"])
         panel.profile_edit.setText(str(Path(scratch) / f"{Path(model).name}.safetensors"))
-        panel.block_box.setCurrentText(settings["block"])
-        panel.bins_box.setValue(settings["bins"])
+        panel.block_box.setCurrentText(str(run["block"]))
+        panel.bins_box.setValue(int(run["bins"] or 4))
+        for key, box in (("width", panel.width_box), ("height", panel.height_box), ("frames", panel.frames_box),
+                         ("steps", panel.steps_box)):
+            if run[key] is not None:
+                box.setValue(int(run[key]))
         panel.prompt_edit.setPlainText(prompt)
         panel.seed_box.setValue(seed)
         mid_job: list = []  # the job panel half-way through the compare: progress bar and ETA

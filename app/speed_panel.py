@@ -8,6 +8,7 @@ report records. Nothing is shown before a compare has measured it.
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import pyqtgraph as pg
@@ -47,9 +48,10 @@ class SpeedPanel(QWidget):
         self.plot = pg.PlotWidget()
         self.plot.setMenuEnabled(False)
         self.plot.setLabel("bottom", "denoising step")
-        self.plot.setLabel("left", "step time", units="ms")
+        self.plot.setLabel("left", "step time (ms)")  # not units="ms": SI prefixes would make "kms"
         self.plot.showGrid(x=True, y=True, alpha=0.25)
-        self.plot.addLegend(offset=(-10, 10), brush=pg.mkBrush(22, 23, 26, 200))
+        self.legend = QLabel(f"<span style='color:{pg.mkColor(DENSE_PEN).name()}'>━●━</span> dense &nbsp;&nbsp; "
+                             f"<span style='color:{SPARSE_PEN}'>━●━</span> sparse &nbsp;&nbsp; step time in ms")
         self.dense_curve = self.plot.plot([], [], name="dense", pen=pg.mkPen(DENSE_PEN, width=2),
                                           symbol="o", symbolSize=6, symbolBrush=DENSE_PEN)
         self.sparse_curve = self.plot.plot([], [], name="sparse", pen=pg.mkPen(SPARSE_PEN, width=2),
@@ -70,6 +72,7 @@ class SpeedPanel(QWidget):
         layout.setContentsMargins(8, 8, 8, 8)
         layout.addLayout(numbers)
         layout.addWidget(self.detail)
+        layout.addWidget(self.legend)
         layout.addWidget(self.plot, 1)
 
         if runner is not None:
@@ -116,6 +119,9 @@ class SpeedPanel(QWidget):
         parts = [f"{len(self.steps)} steps measured"]
         if self.steps:
             parts.append(f"Σ dense {sum(self.dense_ms):.0f} ms, Σ sparse {sum(self.sparse_ms):.0f} ms")
+            # one hiccup of the machine moves the sum; the median step shows whether it was typical
+            parts.append(f"median step {statistics.median(self.dense_ms):.1f} vs "
+                         f"{statistics.median(self.sparse_ms):.1f} ms")
         if isinstance(result.get("density"), (int, float)):
             parts.append(f"attention density {result['density']:.1%}")
         request = result.get("request")
