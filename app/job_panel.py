@@ -328,7 +328,9 @@ class JobPanel(QWidget):
         self.frames_box.setSingleStep(rule.frame_step)
 
     def _model_loaded(self, spec: str, defaults: dict) -> None:
-        if spec == self._defaults_for:
+        current = self.runner.current
+        before_a_job = current is not None and current.then is not None
+        if spec == self._defaults_for and not before_a_job:  # never change the form under a job just sent
             self._defaults_for = None
             for key, box in (("height", self.height_box), ("width", self.width_box), ("frames", self.frames_box),
                              ("steps", self.steps_box)):
