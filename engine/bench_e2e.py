@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from calibstudio.engine.atomic import atomic_write
+
 RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}
 WAN14B = {"num_attention_heads": 40, "attention_head_dim": 128, "in_channels": 16, "out_channels": 16,
           "text_dim": 4096, "freq_dim": 256, "ffn_dim": 13824, "cross_attn_norm": True,
@@ -107,17 +109,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 try:
                     with torch.no_grad():
                         times[name] = timer(lambda forward=forward, inputs=inputs: forward(**inputs))
+                    print(f"{res} compiled={compiled} {name}: {times[name]:.1f} ms", flush=True)
+                except Exception as error:  # one failing variant must not lose the others' timings
+                    print(f"{res} compiled={compiled} {name}: FAILED {type(error).__name__}: {error}", flush=True)
                 finally:
                     if variant is not None:
                         variant.remove()
-                print(f"{res} compiled={compiled} {name}: {times[name]:.1f} ms", flush=True)
             for density in args.densities:
+                sparse = times.get(f"sparse_{density}")
+                if sparse is None or "sdpa" not in times:
+                    continue
                 rows.append({"res": res, "frames": args.frames, "tokens": tokens, "density": density,
-                             "compiled": compiled, "ms_dense": times["sdpa"], "ms_sparse": times[f"sparse_{density}"],
-                             "speedup": times["sdpa"] / times[f"sparse_{density}"],
-                             "ms_fa4_dense": times.get("fa4_dense"),
+                             "compiled": compiled, "ms_dense": times["sdpa"], "ms_sparse": sparse,
+                             "speedup": times["sdpa"] / sparse, "ms_fa4_dense": times.get("fa4_dense"),
                              "speedup_vs_best_dense": min(times["sdpa"], times.get("fa4_dense", float("inf")))
-                             / times[f"sparse_{density}"]})
+                             / sparse})
     eager_sdpa = {r["res"]: r["ms_dense"] for r in rows if not r["compiled"]}
     for row in rows:
         row["speedup_vs_eager_sdpa"] = eager_sdpa.get(row["res"], row["ms_dense"]) / row["ms_sparse"]
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     name = report["device"].replace("NVIDIA ", "").split()[0].lower() if torch.cuda.is_available() else "cpu"
     out = args.out or Path(f"docs/benchmarks/e2e-{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write(out, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
     print(json.dumps(report["rows"], indent=1))
     return 0
 
