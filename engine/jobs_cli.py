@@ -19,10 +19,10 @@ from calibstudio.engine.profile import Profile
 from calibstudio.engine.progress import tqdm_progress
 
 
-def read_prompts(path: str | None) -> list[str]:
-    """One prompt a line (blank lines and ``#`` comments skipped); the bundled set when ``path`` is None."""
+def read_prompts(path: str | None, bundled: str = "calibration_prompts.txt") -> list[str]:
+    """One prompt a line (blank lines and ``#`` comments skipped); the bundled set ``bundled`` when ``path`` is None."""
     if path is None:
-        text = resources.files("calibstudio.resources").joinpath("calibration_prompts.txt").read_text()
+        text = resources.files("calibstudio.resources").joinpath(bundled).read_text()
     else:
         file = Path(path)
         if not file.is_file():
@@ -42,7 +42,8 @@ def _size(args: argparse.Namespace, model: LoadedModel) -> dict:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.device)
-    prompts = read_prompts(args.prompts)[: args.limit] if args.limit else read_prompts(args.prompts)
+    prompts = read_prompts(args.prompts, model.prompts)
+    prompts = prompts[: args.limit] if args.limit else prompts
     settings = CalibrationSettings(**_size(args, model), bins=args.bins, seed=args.seed, block=args.block,
                                    negative_prompt=args.negative_prompt)
     with calibrate(model.pipe, model.adapter, prompts, settings, args.out, tqdm_progress()) as profile:
@@ -81,3 +82,9 @@ def run_compare(args: argparse.Namespace) -> int:
     summary = {key: report[key] for key in ("speedup", "psnr", "ssim", "density")}
     print(json.dumps(summary))
     return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from calibstudio.engine.models.demo.evaluate import run
+
+    return run(args)

@@ -171,7 +171,7 @@ class Server:
         from calibstudio.engine.jobs_cli import read_prompts
 
         args, model = command.args, self._model()
-        prompts = args.get("prompts") or read_prompts(None)
+        prompts = args.get("prompts") or read_prompts(None, model.prompts)
         settings = CalibrationSettings(**self._settings(args, model), bins=args.get("bins", 4),
                                        seed=args.get("seed", 0), block=args.get("block", 128))
         with calibrate(model.pipe, model.adapter, prompts, settings, args["profile"], self._progress) as profile:
@@ -271,7 +271,7 @@ def _error_code(error: Exception) -> str:
     return "internal"
 
 
-def serve_stdio(model: str = "tiny", device: str | None = None, jobs_dir: Path | None = None,
+def serve_stdio(model: str = "demo", device: str | None = None, jobs_dir: Path | None = None,
                 remote: bool = False) -> int:
     """Serve on this process's stdin/stdout until ``shutdown`` or end of input."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s engine: %(message)s")

@@ -1,7 +1,5 @@
-"""Which model a user means: a local diffusers Wan folder, or ``tiny`` (random weights, for smoke tests).
-
-The bundled demo model joins here once it ships in ``resources/``.
-"""
+"""Which model a user means: ``demo`` (the bundled model, the default), a local diffusers Wan folder,
+or ``tiny`` (random weights, for smoke tests)."""
 
 from __future__ import annotations
 
@@ -17,11 +15,12 @@ from calibstudio.engine.models.wan import WanAdapter
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A pipeline, its adapter, and the clip size and step count it is meant for."""
+    """A pipeline, its adapter, the clip size and step count it is meant for, and its calibration prompts."""
 
     pipe: Any
     adapter: VideoModelAdapter
     defaults: dict[str, int | float]
+    prompts: str = "calibration_prompts.txt"  # in calibstudio.resources
 
 
 WAN_DEFAULTS = {"height": 480, "width": 832, "frames": 81, "steps": 50, "guidance_scale": 5.0}
@@ -32,15 +31,22 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(spec: str, device: str | None = None) -> LoadedModel:
-    """Load ``spec`` (a folder, or ``tiny``) onto ``device`` (default: CUDA if present) in its usual dtype."""
+DEFAULT_MODEL = "demo"
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str | None = None) -> LoadedModel:
+    """Load ``spec`` (``demo``, a folder, or ``tiny``) onto ``device`` (default: CUDA if present)."""
     device = device or default_device()
+    if spec == "demo":
+        from calibstudio.engine.models.demo.model import DEFAULTS, DemoAdapter, load_demo
+
+        return LoadedModel(load_demo(device=device), DemoAdapter(), DEFAULTS, "demo_prompts.txt")
     if spec == "tiny":
         from calibstudio.engine.models.tiny import tiny_wan_pipeline
 
         return LoadedModel(tiny_wan_pipeline().to(device), WanAdapter(), TINY_DEFAULTS)
     if not Path(spec).exists():
-        raise ModelLoadError(f"model {spec!r} is neither a local diffusers folder nor 'tiny'; "
+        raise ModelLoadError(f"model {spec!r} is neither 'demo', 'tiny' nor a local diffusers folder; "
                              f"pass the folder of a downloaded Wan2.1-T2V-*-Diffusers model")
     from calibstudio.engine.models.wan import load_wan
 

@@ -179,12 +179,13 @@ def _job(name: str) -> Callable[[argparse.Namespace], int]:
 def _job_parser(commands: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:
     """Options every model job shares: model, size, steps, seed, device."""
     job = commands.add_parser(name, help=text, description=text + ".")
-    job.add_argument("--model", default="tiny",
-                     help="a local diffusers Wan folder, or 'tiny' (random weights, for smoke tests; the bundled "
-                          "demo model becomes the default once it ships) (default: tiny)")
+    job.add_argument("--model", default="demo",
+                     help="'demo' (the bundled model), a local diffusers Wan folder, or 'tiny' (random weights, "
+                          "for smoke tests) (default: demo)")
     job.add_argument("--height", type=int, help="clip height in pixels (default: the model's)")
     job.add_argument("--width", type=int, help="clip width in pixels (default: the model's)")
-    job.add_argument("--frames", type=int, help="frames, 4k+1 for Wan (default: the model's)")
+    job.add_argument("--frames", type=int,
+                     help="frames: 4k+1 for Wan, even for the demo model (default: the model's)")
     job.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     job.add_argument("--guidance-scale", dest="guidance_scale", type=float, help="classifier-free guidance")
     job.add_argument("--negative-prompt", default="", help="negative prompt")
@@ -216,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         "engine", help="run the engine server (JSON lines on stdin/stdout)",
         description="Run the engine server: JSON-lines commands on stdin, events on stdout, logs on stderr. "
                     "The studio starts it; it also runs over ssh on a GPU box (add --remote there).")
-    engine.add_argument("--model", default="tiny", help="model loaded on the first job (default: tiny)")
+    engine.add_argument("--model", default="demo", help="model loaded on the first job (default: demo)")
     engine.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     engine.add_argument("--jobs-dir", help="where job folders go (default: a new temporary folder)")
     engine.add_argument("--remote", action="store_true", help="send previews and masks inline (base64)")
@@ -248,6 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
     _sparse_options(compare, required=True)
     compare.add_argument("--out-dir", required=True,
                          help="folder for dense.mp4, sparse.mp4, side_by_side.mp4 and report.json")
+
+    evaluate = commands.add_parser(
+        "eval", help="prompt adherence, PSNR/SSIM and speedup of sparse vs dense on captions",
+        description="Run dense and sparse (calibrated) generation on each caption of PROMPTS_FILE (one a line) "
+                    "with the bundled demo model; print per-attribute prompt adherence (colour, shape, motion "
+                    "direction) of both, PSNR and SSIM of sparse vs dense, and the speedup.")
+    evaluate.add_argument("prompts", metavar="PROMPTS_FILE", help="captions, one a line")
+    evaluate.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
+    evaluate.add_argument("--profile", help="calibration profile (default: the one shipped with the demo model)")
+    evaluate.add_argument("--threshold", "-t", type=float, default=0.99,
+                          help="retained-mass threshold in 0.90..0.9999 (default 0.99)")
+    evaluate.add_argument("--model", default="demo", help="model (default: the bundled demo model)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the first caption; caption i uses seed+i")
+    evaluate.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    evaluate.add_argument("--backend", default="auto", help="attention backend: auto, fa4, triton, flex, cpu")
+    evaluate.set_defaults(run=_job("eval"))
 
     bench = commands.add_parser("bench", help="benchmarks that write JSON under docs/benchmarks/",
                                 description="Run a benchmark; options after the name go to it "

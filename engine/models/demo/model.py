@@ -1,0 +1,174 @@
+"""The bundled demo model: a small pixel-space ``WanTransformer3DModel``, its word encoder, and its adapter.
+
+Pixel space, no VAE: clips are 16 RGB frames of 64x64 in [-1, 1]; a (2, 4, 4) patch makes 2048
+video tokens. A VAE would have to be trained and shipped too, would cost a decode per clip and
+per preview, and would shrink the token count below what makes attention sparsity real; the
+shapes are flat colours, which a pixel model learns quickly. Because it is a Wan transformer,
+the same adapter code (self-attention processor, hook, prediction) serves Wan and the demo model.
+
+Weights ship in ``resources/demo_model/`` as one fp16 safetensors file (``transformer.*`` and
+``text_encoder.*``) next to ``config.json`` (configs, vocabulary, defaults) and a model card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+
+from calibstudio.engine.atomic import atomic_write
+from calibstudio.engine.models.base import Conditioning, ModelLoadError
+from calibstudio.engine.models.demo import scenes
+from calibstudio.engine.models.demo.text import WordEncoder, grammar_vocabulary, tokenize
+from calibstudio.engine.models.wan import WanAdapter
+
+NAME = "calibstudio-demo"
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+TRANSFORMER_CONFIG: dict[str, Any] = {
+    "patch_size": list(scenes.DEFAULT_PATCH), "num_attention_heads": 4, "attention_head_dim": 64,
+    "in_channels": 3, "out_channels": 3, "text_dim": 128, "freq_dim": 128, "ffn_dim": 1024, "num_layers": 6,
+    "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 64,
+}
+TEXT_CONFIG: dict[str, Any] = {"dim": 128, "layers": 2, "heads": 4}
+SCHEDULER_SHIFT = 2.0
+DEFAULTS: dict[str, int | float] = {"height": scenes.DEFAULT_HEIGHT, "width": scenes.DEFAULT_WIDTH,
+                                    "frames": scenes.DEFAULT_FRAMES, "steps": 20, "guidance_scale": 4.0}
+
+
+def default_folder() -> Path:
+    """Where the shipped weights live (inside the installed package)."""
+    return Path(str(resources.files("calibstudio.resources").joinpath("demo_model")))
+
+
+class DemoPipeline:
+    """What the engine drives: transformer, word encoder, vocabulary and a flow-matching scheduler."""
+
+    def __init__(self, transformer: WanTransformer3DModel, text_encoder: WordEncoder, vocab: list[str],
+                 name_or_path: str = NAME) -> None:
+        self.transformer = transformer
+        self.text_encoder = text_encoder
+        self.vocab = vocab
+        self.scheduler = FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT)
+        self.name_or_path = name_or_path
+
+    @classmethod
+    def fresh(cls, seed: int = 0) -> DemoPipeline:
+        """Randomly initialised (the start of training)."""
+        torch.manual_seed(seed)
+        vocab = grammar_vocabulary()
+        return cls(WanTransformer3DModel(**TRANSFORMER_CONFIG), WordEncoder(len(vocab), **TEXT_CONFIG), vocab)
+
+    @property
+    def _execution_device(self) -> torch.device:
+        return self.transformer.device
+
+    def to(self, device: str | torch.device) -> DemoPipeline:
+        self.transformer.to(device)
+        self.text_encoder.to(device)
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**{f"transformer.{k}": v for k, v in self.transformer.state_dict().items()},
+                **{f"text_encoder.{k}": v for k, v in self.text_encoder.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for prefix, module in (("transformer.", self.transformer), ("text_encoder.", self.text_encoder)):
+            part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            module.load_state_dict(part, strict=True)
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        ids = tokenize(texts, self.vocab).to(self._execution_device)
+        return self.text_encoder(ids)
+
+
+def save_demo(pipe: DemoPipeline, folder: str | Path, card: dict[str, Any] | None = None) -> Path:
+    """Write the shipped form: fp16 weights and ``config.json`` (atomically, each file)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in pipe.state_dict().items()}
+    atomic_write(folder / WEIGHTS, lambda tmp: save_file(weights, tmp))
+    config = {"name": NAME, "transformer": TRANSFORMER_CONFIG, "text_encoder": TEXT_CONFIG, "vocab": pipe.vocab,
+              "scheduler_shift": SCHEDULER_SHIFT, "defaults": DEFAULTS, "training": card or {}}
+    atomic_write(folder / CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
+    return folder
+
+
+def load_demo(folder: str | Path | None = None, device: str = "cpu") -> DemoPipeline:
+    """Load the demo model (the shipped one by default) in fp32; a clear error if its files are missing."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder) if folder is not None else default_folder()
+    missing = [name for name in (CONFIG, WEIGHTS) if not (folder / name).is_file()]
+    if missing:
+        raise ModelLoadError(f"the demo model in {folder} lacks {', '.join(missing)}; reinstall calibstudio, or "
+                             f"train it with `python -m calibstudio.engine.models.demo.train`")
+    try:
+        config = json.loads((folder / CONFIG).read_text())
+        vocab = list(config["vocab"])
+        transformer = WanTransformer3DModel(**config["transformer"])
+        text_encoder = WordEncoder(len(vocab), **config["text_encoder"])
+        pipe = DemoPipeline(transformer, text_encoder, vocab, name_or_path=NAME)
+        pipe.load_state_dict({k: v.float() for k, v in load_file(folder / WEIGHTS).items()})
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
+        raise ModelLoadError(f"the demo model in {folder} is damaged ({error}); reinstall calibstudio") from None
+    transformer.eval()
+    text_encoder.eval()
+    return pipe.to(device)
+
+
+def clip_to_uint8(latents: torch.Tensor) -> np.ndarray:
+    """Pixel latents ``[1, 3, F, H, W]`` in [-1, 1] → ``uint8 [F, H, W, 3]``."""
+    frames = ((latents[0].float().clamp(-1, 1) + 1) * 127.5).round().byte()
+    return frames.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def clip_to_latents(clip: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``uint8 [..., F, H, W, 3]`` → float ``[..., 3, F, H, W]`` in [-1, 1] (what the model denoises)."""
+    x = torch.as_tensor(clip).float().div(127.5).sub(1.0)
+    return x.movedim(-1, -4)
+
+
+class DemoAdapter(WanAdapter):
+    """The demo model through the Wan code path; only the text side and the pixel space differ."""
+
+    def token_grid(self, pipe: Any, height: int, width: int, frames: int) -> tuple[int, int, int]:
+        pt, ph, pw = pipe.transformer.config.patch_size
+        if frames % pt or height % ph or width % pw or min(frames, height, width) <= 0:
+            raise ValueError(f"the demo model needs frames a multiple of {pt} and height, width multiples of "
+                             f"{ph}; got {frames} frames of {height}x{width}")
+        return (frames // pt, height // ph, width // pw)
+
+    def encode(self, pipe: Any, prompt: str, negative_prompt: str | None, guidance_scale: float) -> Conditioning:
+        positive = pipe.encode_text([prompt])
+        negative = pipe.encode_text([negative_prompt or ""]) if guidance_scale > 1.0 else None
+        return Conditioning(positive, negative, guidance_scale)
+
+    def initial_latents(self, pipe: Any, height: int, width: int, frames: int, seed: int) -> torch.Tensor:
+        self.token_grid(pipe, height, width, frames)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        noise = torch.randn(1, 3, frames, height, width, generator=generator)
+        return noise.to(pipe._execution_device)
+
+    def decode(self, pipe: Any, latents: torch.Tensor) -> np.ndarray:
+        return clip_to_uint8(latents)
+
+    def preview(self, latents: torch.Tensor) -> np.ndarray:
+        """The middle frame in true colour (pixel space: no decode needed)."""
+        return clip_to_uint8(latents[:, :, latents.shape[2] // 2 : latents.shape[2] // 2 + 1])[0]
+
+    def identity(self, pipe: Any) -> dict[str, str]:
+        config = {k: v for k, v in dict(pipe.transformer.config).items() if not k.startswith("_")}
+        text = json.dumps({"transformer": config, "vocab": pipe.vocab}, sort_keys=True, default=str)
+        return {"name": NAME, "class": type(pipe.transformer).__name__,
+                "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16]}

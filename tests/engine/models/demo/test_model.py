@@ -1,0 +1,105 @@
+"""The bundled demo model: shipped weights load, words it never saw are harmless, clips follow the prompt."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from calibstudio.engine.models.base import ModelLoadError
+from calibstudio.engine.models.demo import scenes
+from calibstudio.engine.models.demo.adherence import check_clip
+from calibstudio.engine.models.demo.model import CONFIG, WEIGHTS, DemoAdapter, default_folder, load_demo, save_demo
+from calibstudio.engine.models.demo.text import UNK, WordEncoder, grammar_vocabulary, tokenize
+from calibstudio.engine.models.registry import load_model
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model("demo", "cpu")
+
+
+def test_shipped_weights_are_small_and_load_as_the_default_model(demo):
+    assert (default_folder() / WEIGHTS).stat().st_size <= 25 * 2**20
+    assert demo.adapter.identity(demo.pipe)["name"] == "calibstudio-demo"
+    grid = demo.adapter.token_grid(demo.pipe, demo.defaults["height"], demo.defaults["width"], demo.defaults["frames"])
+    assert grid == scenes.DEFAULT_TOKEN_GRID and np.prod(grid) >= 2048
+
+
+def test_unknown_words_map_to_unk_and_never_fail(demo):
+    vocab = grammar_vocabulary()
+    ids = tokenize(["a zorblax circle moves left", "", "CIRCLE!!"], vocab)
+    assert ids[0, 1] == vocab.index(UNK) and ids[0, 2] == vocab.index("circle")
+    assert ids[1].eq(0).all() and ids[2, 0] == vocab.index("circle")
+    embeds = demo.pipe.encode_text(["a zorblax qwerty moves left", ""])
+    assert torch.isfinite(embeds).all()
+    assert embeds[1].abs().max() == 0  # the empty prompt is the unconditional embedding
+
+
+def test_padding_positions_are_zero_as_in_wan():
+    encoder = WordEncoder(10).eval()
+    out = encoder(torch.tensor([[3, 4, 0, 0]]))
+    assert out[0, 2:].abs().max() == 0 and out[0, :2].abs().max() > 0
+
+
+def test_impossible_sizes_are_refused_with_the_rule(demo):
+    with pytest.raises(ValueError, match="multiple"):
+        demo.adapter.token_grid(demo.pipe, 62, 64, 16)
+    with pytest.raises(ValueError, match="frames"):
+        demo.adapter.initial_latents(demo.pipe, 64, 64, 15, seed=0)
+
+
+def test_missing_or_damaged_weights_give_one_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="lacks config.json, model.safetensors"):
+        load_demo(tmp_path)
+    shutil.copy(default_folder() / CONFIG, tmp_path / CONFIG)
+    (tmp_path / WEIGHTS).write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelLoadError, match="damaged"):
+        load_demo(tmp_path)
+
+
+def test_save_and_load_round_trip(demo, tmp_path):
+    save_demo(demo.pipe, tmp_path, {"note": "test"})
+    again = load_demo(tmp_path)
+    assert json.loads((tmp_path / CONFIG).read_text())["training"] == {"note": "test"}
+    for (name, a), b in zip(demo.pipe.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a.half().float(), b), name  # shipped weights are fp16 already
+
+
+@pytest.mark.slow
+def test_a_generated_clip_has_the_requested_colours(demo):
+    """Background and shape colour are what the trained model gets right (see the model card)."""
+    from calibstudio.engine.generate import GenerationSettings, generate
+
+    caption = "a yellow circle moves right on a blue background"
+    settings = GenerationSettings(prompt=caption, height=64, width=64, frames=16, steps=12, seed=3,
+                                  guidance_scale=demo.defaults["guidance_scale"])
+    clip = generate(demo.pipe, demo.adapter, settings)
+    assert clip.frames.shape == (16, 64, 64, 3) and clip.frames.dtype == np.uint8
+    result = check_clip(clip.frames, caption, (0, 255))
+    assert result.background_ok and result.color_ok, result.reading
+
+
+def test_preview_is_the_middle_frame_in_true_colour(demo):
+    latents = torch.full((1, 3, 16, 64, 64), -1.0)
+    latents[:, 2, 8] = 1.0  # frame 8 pure blue
+    image = DemoAdapter().preview(latents)
+    assert image.shape == (64, 64, 3) and (image[..., 2] == 255).all() and (image[..., 0] == 0).all()
+
+
+def test_training_checkpoints_resumes_and_exports_a_loadable_model(tmp_path):
+    from calibstudio.engine.models.demo.train import parse_args, train
+
+    common = ["--out", str(tmp_path), "--batch", "1", "--workers", "0", "--log-every", "1", "--eval-steps", "1"]
+    first = train(parse_args([*common, "--steps", "3", "--max-minutes", "0", "--eval-clips", "0"]))
+    assert first["step"] == 1  # --max-minutes 0 stops after one step, with a checkpoint
+    assert not (tmp_path / "demo_model").exists()  # unfinished runs export nothing unless asked
+    result = train(parse_args([*common, "--steps", "3", "--resume", "--eval-clips", "1"]))
+    assert result["step"] == 3 and set(result["held_out_adherence"]) == {"color", "shape", "direction"}
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2, 3] and all(np.isfinite(row["loss"]) for row in log)
+    assert json.loads((tmp_path / "state.json").read_text())["step"] == 3
+    assert load_demo(tmp_path / "demo_model").transformer.config.num_layers >= 1
