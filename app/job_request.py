@@ -14,7 +14,7 @@ from typing import Any
 
 KINDS = ("calibrate", "generate", "compare")
 BUNDLED_MODELS = ("demo", "tiny")  # names the engine's model registry knows besides local folders
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = "demo"  # the bundled model (engine.models.registry.DEFAULT_MODEL); no torch import here
 MAX_STEPS = 1000
 MAX_SIDE = 4096
 MAX_FRAMES = 1025

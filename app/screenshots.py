@@ -100,7 +100,7 @@ RUNS: dict[str, dict[str, int | None]] = {
     "tiny": {"block": 16, "bins": 2, "width": None, "height": None, "frames": None, "steps": 12},
     "demo": {"block": 128, "bins": 4, "width": None, "height": None, "frames": None, "steps": None},
 }
-JOB_TIMEOUT_S = 900.0
+JOB_TIMEOUT_S = 3600.0
 
 
 def _wait(app, condition, what: str, timeout_s: float = JOB_TIMEOUT_S) -> None:
@@ -114,13 +114,13 @@ def _wait(app, condition, what: str, timeout_s: float = JOB_TIMEOUT_S) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout_s:g} s waiting for {what}")
         app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+        time.sleep(0.02)  # processEvents returns at once when idle: do not spin a core the engine needs
 
 
 def render_engine_views(out_dir: str | os.PathLike[str], model: str = "tiny", threshold: float = 0.9,
                         prompt: str = "a red circle moves left over a blue background", seed: int = 2) -> list[Path]:
     """Calibrate ``model`` and run one compare on a real engine through the studio; render the job views."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6.QtCore import QRect
     from PySide6.QtWidgets import QApplication
 
     from calibstudio.app.engine_client import EngineClient, default_command
@@ -134,72 +134,83 @@ def render_engine_views(out_dir: str | os.PathLike[str], model: str = "tiny", th
     apply_dark_theme(app)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
     with tempfile.TemporaryDirectory() as scratch:
         engine = EngineClient([*default_command(), "--jobs-dir", str(Path(scratch) / "jobs")])
         window = MainWindow(open_settings(str(Path(scratch) / "settings.ini")), engine=engine, persist=False,
                             start_engine=True)
-        window.resize(*ENGINE_VIEWS["studio_compare"])
-        window.show()
-        failures: list[str] = []
-        window.runner.job_failed.connect(lambda kind, code, message: failures.append(f"{kind}: {message}"))
-        panel = window.job_panel
-        _wait(app, lambda: engine.state == "stopped" or (engine.is_ready and not window.runner.busy), "the engine")
-        panel.set_model(model)
-        _wait(app, lambda: failures or (window.runner.loaded_model == model and not window.runner.busy),
-              f"model {model}")
-        run = RUNS.get(model, RUNS["demo"])
-        panel.profile_edit.setText(str(Path(scratch) / f"{Path(model).name}.safetensors"))
-        panel.block_box.setCurrentText(str(run["block"]))
-        panel.bins_box.setValue(int(run["bins"] or 4))
-        for key, box in (("width", panel.width_box), ("height", panel.height_box), ("frames", panel.frames_box),
-                         ("steps", panel.steps_box)):
-            if run[key] is not None:
-                box.setValue(int(run[key]))
-        panel.prompt_edit.setPlainText(prompt)
-        panel.seed_box.setValue(seed)
-        mid_job: list = []  # the job panel half-way through the compare: progress bar and ETA
+        try:
+            return _run_and_grab(app, window, out, Path(scratch), model, threshold, prompt, seed)
+        finally:
+            engine.stop(timeout_ms=1000)
+            window.close()
+            window.deleteLater()
+            app.processEvents()
 
-        def grab_mid_compare(phase: str, step: int, total: int, _eta: object) -> None:
-            if phase == "compare" and step == max(total // 2, 1) and not mid_job:
-                bottom = panel.message.geometry().bottom() + 12  # the form down to the messages, not the stretch
-                mid_job.append(panel.grab(QRect(0, 0, panel.width(), bottom)))
 
-        window.runner.job_progress.connect(grab_mid_compare)
-        for kind in ("calibrate", "compare"):
-            if kind == "compare":
-                window.model.set_threshold(threshold)
-                window.model.select(layer=0, head=0)
-            if failures or not panel.run(kind):
-                raise RuntimeError(f"could not {kind}: {failures or panel.message.text()}")
-            _wait(app, lambda: not window.runner.busy, kind)
-            if failures:
-                raise RuntimeError(failures[0])
-        _wait(app, lambda: len(window.previews.clips) == 2 or "cannot" in window.previews.status.text(), "the clips")
-        window.previews.show_frame(window.previews.frame_count // 2)
-        for name, size in ENGINE_VIEWS.items():
-            if name == "jobs":
-                pixmap = mid_job[0] if mid_job else panel.grab()
-            elif name == "studio_compare":
-                window.show_tab(window.previews)
+def _run_and_grab(app, window, out: Path, scratch: Path, model: str, threshold: float, prompt: str,
+                  seed: int) -> list[Path]:
+    """Drive the job panel as a user would (model, calibrate, compare), then grab each job view."""
+    from PySide6.QtCore import QRect
+
+    engine, panel = window.engine, window.job_panel
+    window.resize(*ENGINE_VIEWS["studio_compare"])
+    window.show()
+    failures: list[str] = []
+    window.runner.job_failed.connect(lambda kind, code, message: failures.append(f"{kind}: {message}"))
+    panel.set_model(model)  # before the engine is ready: it loads this model first
+    _wait(app, lambda: engine.state == "stopped" or failures or
+          (window.runner.loaded_model == model and not window.runner.busy), f"the engine with model {model}")
+    if engine.state == "stopped" or failures:
+        raise RuntimeError(f"the engine did not load {model}: {engine.last_reason or failures[0]}")
+    run = RUNS.get(model, RUNS["demo"])
+    panel.profile_edit.setText(str(scratch / f"{Path(model).name}.safetensors"))
+    panel.block_box.setCurrentText(str(run["block"]))
+    panel.bins_box.setValue(int(run["bins"] or 4))
+    for key, box in (("width", panel.width_box), ("height", panel.height_box), ("frames", panel.frames_box),
+                     ("steps", panel.steps_box)):
+        if run[key] is not None:
+            box.setValue(int(run[key]))
+    panel.prompt_edit.setPlainText(prompt)
+    panel.seed_box.setValue(seed)
+    mid_job: list = []  # the job panel half-way through the compare: progress bar and ETA
+
+    def grab_mid_compare(phase: str, step: int, total: int, _eta: object) -> None:
+        if phase == "compare" and step == max(total // 2, 1) and not mid_job:
+            bottom = panel.message.geometry().bottom() + 12  # the form down to the messages, not the stretch
+            mid_job.append(panel.grab(QRect(0, 0, panel.width(), bottom)))
+
+    window.runner.job_progress.connect(grab_mid_compare)
+    for kind in ("calibrate", "compare"):
+        if kind == "compare":
+            window.model.set_threshold(threshold)
+            window.model.select(layer=0, head=0)
+        if failures or not panel.run(kind):
+            raise RuntimeError(f"could not {kind}: {failures or panel.message.text()}")
+        _wait(app, lambda: not window.runner.busy, kind)
+        if failures:
+            raise RuntimeError(failures[0])
+    _wait(app, lambda: len(window.previews.clips) == 2 or "cannot" in window.previews.status.text(), "the clips")
+    window.previews.show_frame(window.previews.frame_count // 2)
+    written = []
+    for name, size in ENGINE_VIEWS.items():
+        if name == "jobs":
+            pixmap = mid_job[0] if mid_job else panel.grab()
+        elif name == "studio_compare":
+            window.show_tab(window.previews)
+            app.processEvents()
+            pixmap = window.grab()
+        else:
+            widget = window.previews if name == "previews" else window.speed
+            widget.setParent(None)  # shown alone at a fixed size, as a test shows a panel
+            widget.resize(*size)
+            widget.show()
+            for _ in range(5):
                 app.processEvents()
-                pixmap = window.grab()
-            else:
-                widget = window.previews if name == "previews" else window.speed
-                widget.setParent(None)  # shown alone at a fixed size, as a test shows a panel
-                widget.resize(*size)
-                widget.show()
-                for _ in range(5):
-                    app.processEvents()
-                pixmap = widget.grab()
-            path = out / f"{name}.png"
-            if not pixmap.save(str(path), "PNG"):
-                raise OSError(f"could not write {path}")
-            written.append(path)
-        engine.stop()
-        window.close()
-        window.deleteLater()
-        app.processEvents()
+            pixmap = widget.grab()
+        path = out / f"{name}.png"
+        if not pixmap.save(str(path), "PNG"):
+            raise OSError(f"could not write {path}")
+        written.append(path)
     return written
 
 
@@ -211,7 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--layer", type=int, help="layer to show (default: the middle one)")
     parser.add_argument("--head", type=int, default=0, help="head to show (default 0)")
     parser.add_argument("--threshold", type=float, default=0.999, help="threshold (default 0.999)")
-    parser.add_argument("--model", default=None, help="model for the engine views (default: the job panel's)")
+    parser.add_argument("--model", default="tiny",
+                        help="model for the engine views (default: tiny, seconds on a CPU; the demo model's "
+                             "calibration takes many minutes there)")
     parser.add_argument("--no-engine", action="store_true", help="skip the views that need an engine run")
     args = parser.parse_args(argv)
     from calibstudio.engine.profile import ProfileError
@@ -227,9 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                   (21, 30, 52), layers=30, heads=12, bins=4, steps=50)
                 paths = render(profile, args.out_dir, args.layer, args.head, args.threshold)
         if not args.no_engine:
-            from calibstudio.app.job_request import DEFAULT_MODEL
-
-            paths += render_engine_views(args.out_dir, args.model or DEFAULT_MODEL)
+            paths += render_engine_views(args.out_dir, args.model)
     except (ProfileError, OSError, RuntimeError) as error:
         print(f"screenshots: error: {error}", file=sys.stderr)
         return 1

@@ -25,6 +25,7 @@ def make_window(dark_app, qtbot, settings_file, tmp_path):
     def make(scenario: str, **timeouts: float) -> MainWindow:
         win = MainWindow(open_settings(settings_file), engine=fake_client(scenario, tmp_path / "jobs", **timeouts),
                          start_engine=True)
+        win.job_panel.set_model("tiny")  # the fake engine's clip sizes follow Wan's size rule
         qtbot.addWidget(win)
         win.resize(1400, 900)
         win.show()

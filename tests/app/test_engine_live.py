@@ -20,6 +20,7 @@ TIMEOUT_MS = 180_000  # generous: a loaded 2-core machine can be ten times slowe
 def live_window(dark_app, qtbot, settings_file, tmp_path):
     engine = EngineClient([*default_command(), "--jobs-dir", str(tmp_path / "jobs")])
     win = MainWindow(open_settings(settings_file), engine=engine, start_engine=True)
+    win.job_panel.set_model("tiny")  # before the engine is ready: it loads tiny instead of the default
     qtbot.addWidget(win)
     win.resize(1400, 900)
     win.show()

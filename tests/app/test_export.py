@@ -20,6 +20,7 @@ def compared(dark_app, qtbot, settings_file, tmp_path, small_profile):
     """A window whose (fake) engine finished one compare."""
     engine = EngineClient([sys.executable, FAKE, "ok", str(tmp_path / "jobs")])
     win = MainWindow(open_settings(settings_file), engine=engine, start_engine=True)
+    win.job_panel.set_model("tiny")  # the fake engine's clip sizes follow Wan's size rule
     qtbot.addWidget(win)
     qtbot.waitUntil(lambda: engine.is_ready and not win.runner.busy, timeout=20_000)
     win.job_panel.prompt_edit.setPlainText("a red circle")

@@ -59,6 +59,7 @@ def test_request_arguments_per_command(small_profile):
 def fake_window(dark_app, qtbot, settings_file, tmp_path):
     engine = EngineClient([sys.executable, FAKE, "ok", str(tmp_path / "jobs")])
     win = MainWindow(open_settings(settings_file), engine=engine, start_engine=True)
+    win.job_panel.set_model("tiny")  # the fake engine's clip sizes follow Wan's size rule
     qtbot.addWidget(win)
     win.show()
     qtbot.waitUntil(lambda: engine.is_ready and not win.runner.busy, timeout=20_000)
