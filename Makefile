@@ -26,7 +26,7 @@ endif
 help:
 	@echo "make studio   set up .venv and start the studio on the bundled demo model (headless: the demo)"
 	@echo "make test     set up .venv with test extras and run the whole suite"
-	@echo "make demo     headless demo of what exists now"
+	@echo "make demo     headless: dense vs sparse compare on the demo model -> build/demo (MP4s, report)"
 	@echo "make lint     ruff"
 	@echo "make wheel    build the wheel into dist/"
 	@echo "make screenshots  render every studio view into docs/screenshots/"
@@ -54,17 +54,18 @@ studio: $(STAMP)
 		echo "No display found (DISPLAY/WAYLAND_DISPLAY unset): running the headless demo instead."; \
 		$(MAKE) --no-print-directory demo; \
 	else \
-		$(BIN)/calibstudio studio || $(MAKE) --no-print-directory demo; \
+		$(BIN)/calibstudio studio --profile $(DEMO_PROFILE) || $(MAKE) --no-print-directory demo; \
 	fi
 
+DEMO_PROFILE := resources/demo_model/profile.safetensors
+DEMO_PROMPT ?= a red circle moves left on a blue background
+
 demo: $(STAMP)
-	@echo "The bundled demo model and its dense-vs-sparse compare are not built yet (issue: demo model);"
-	@echo "what exists now is the profile format and its tools. Writing a synthetic profile shaped like"
-	@echo "Wan-2.1-1.3B at 480p/81f (labelled synthetic, no model involved) and inspecting it:"
+	@echo "Dense vs sparse on the bundled demo model, with the profile shipped for it ($(DEMO_PROFILE)):"
+	$(BIN)/calibstudio profile info $(DEMO_PROFILE)
 	@mkdir -p build/demo
-	$(BIN)/calibstudio profile synthetic build/demo/synthetic-wan1.3b-480p.safetensors
-	$(BIN)/calibstudio profile info build/demo/synthetic-wan1.3b-480p.safetensors
-	$(BIN)/calibstudio profile show build/demo/synthetic-wan1.3b-480p.safetensors --threshold 0.99 --bin 0
+	$(BIN)/calibstudio compare --prompt "$(DEMO_PROMPT)" --threshold 0.99 --out-dir build/demo
+	@echo "side by side: build/demo/side_by_side.mp4   report: build/demo/report.json"
 
 wheel: $(STAMP)
 	$(BIN)/python -m build --wheel --no-isolation --outdir dist .

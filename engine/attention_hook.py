@@ -94,7 +94,7 @@ class AttentionHook:
         self.threshold = threshold
         self.recorder = recorder
         self.backend = backend
-        self._layouts: dict[tuple[int, int], BlockLayout] = {}
+        self._layouts: dict[tuple[int, int], BlockLayout | None] = {}
         self._fixed = layouts  # per layer, for every step (benchmarks with synthetic masks)
         self.dense_fn = dense_fn or dense_attention
         self._saved: list[tuple[torch.nn.Module, object]] = []
@@ -127,19 +127,23 @@ class AttentionHook:
             module.set_processor(processor)
         self._saved.clear()
 
-    def layout(self, bin_index: int, layer: int, device: torch.device) -> BlockLayout:
-        """The compiled layout of one (step bin, layer), built once per hook."""
+    def layout(self, bin_index: int, layer: int, device: torch.device) -> BlockLayout | None:
+        """The compiled layout of one (step bin, layer), built once per hook.
+
+        None when the mask keeps so many blocks that the dense kernel is faster on this backend
+        (``kernels.attention.DENSE_ABOVE``): that layer then runs dense, which is also exact.
+        """
         key = (bin_index, layer)
-        layout = self._layouts.get(key)
-        if layout is None:
+        if key not in self._layouts:
+            from calibstudio.kernels.attention import dense_is_faster
             from calibstudio.kernels.layout import BlockLayout
 
             meta = self.profile.meta
             mask = torch.from_numpy(self.profile.mask(bin_index, layer, self.threshold))
-            layout = BlockLayout.from_mask(mask.to(device), meta.block_size[0], meta.block_size[1],
-                                           q_len=meta.tokens, k_len=meta.tokens)
-            self._layouts[key] = layout
-        return layout
+            self._layouts[key] = None if dense_is_faster(float(mask.float().mean()), device, self.backend) else (
+                BlockLayout.from_mask(mask.to(device), meta.block_size[0], meta.block_size[1],
+                                      q_len=meta.tokens, k_len=meta.tokens))
+        return self._layouts[key]
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Self-attention of ``layer`` on (B, S, H, D) for the current step, by the hook's mode."""
@@ -152,8 +156,9 @@ class AttentionHook:
                 raise ProfileError(f"the profile was calibrated for {self.profile.meta.tokens} video tokens "
                                    f"(grid {self.profile.meta.grid}); this call has {q.shape[1]}: generate at the "
                                    f"calibrated size or calibrate for this one")
-            bin_index = self.profile.meta.bin_of_step(self.step_source())
-            return sparse_attention(q, k, v, self.layout(bin_index, layer, q.device), backend=self.backend)
+            layout = self.layout(self.profile.meta.bin_of_step(self.step_source()), layer, q.device)
+            if layout is not None:
+                return sparse_attention(q, k, v, layout, backend=self.backend)
         if self.mode == "record":
             self.recorder.add(self.step_source(), layer, q, k)
         return self.dense_fn(q, k, v)

@@ -70,7 +70,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.device)
-    with Profile.open(args.profile) as profile:
+    with Profile.open(model.shipped_profile(args.profile)) as profile:
         result = compare(model.pipe, model.adapter, _generation(args, model), profile, tqdm_progress(), args.backend)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ def tqdm_progress() -> Progress:
 
     def sink(phase: str, step: int, total: int, eta: float | None) -> None:
         bar = bars.get(phase)
-        if bar is None:
+        if bar is None or step < bar.n:  # a new phase, or the same phase again (eval runs one compare a prompt)
             for other in bars.values():
                 other.close()
             bar = bars[phase] = tqdm(total=total, desc=phase, unit="step")

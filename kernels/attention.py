@@ -77,6 +77,18 @@ def choose_backend(device: torch.device | str, backend: str = "auto") -> str:
     return backend
 
 
+# Above this fraction of kept blocks a layer runs faster through the best dense kernel than sparse on this
+# backend (measured side by side: CPU path at the demo shape S=2048, H=4, D=64, blocks of 128: 1.19x at 0.5,
+# 0.91x at 0.7; our Triton kernel on an H100 at S=32 760 reaches cuDNN dense near 0.65; flash-attn-4's
+# sparse path matches its dense time at density 1, docs/benchmarks/kernels-h100.json).
+DENSE_ABOVE = {"cpu": 0.6, "triton": 0.65, "flex": 0.6, "fa4": 1.0, "reference": 1.0}
+
+
+def dense_is_faster(density: float, device: torch.device | str, backend: str = "auto") -> bool:
+    """Whether a layer keeping ``density`` of its blocks is better run densely on ``backend`` (exact, and faster)."""
+    return density > DENSE_ABOVE[choose_backend(device, backend)]
+
+
 # ---------------------------------------------------------------------------------------------- custom ops
 def _op_layout(kv_count: torch.Tensor, kv_index: torch.Tensor, block_q: int, block_k: int, q_len: int, k_len: int,
                row_order: torch.Tensor | None = None) -> BlockLayout:

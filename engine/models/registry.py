@@ -21,6 +21,16 @@ class LoadedModel:
     adapter: VideoModelAdapter
     defaults: dict[str, int | float]
     prompts: str = "calibration_prompts.txt"  # in calibstudio.resources
+    profile: Path | None = None  # a calibration profile shipped with the model
+
+    def shipped_profile(self, given: str | None) -> str | Path:
+        """``given``, else the model's shipped profile; a clear error when there is neither."""
+        if given:
+            return given
+        if self.profile is None or not self.profile.is_file():
+            raise ValueError("this model ships no calibration profile: pass --profile, or make one with "
+                             "`calibstudio calibrate --out PROFILE`")
+        return self.profile
 
 
 WAN_DEFAULTS = {"height": 480, "width": 832, "frames": 81, "steps": 50, "guidance_scale": 5.0}
@@ -38,9 +48,10 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None) -> LoadedMo
     """Load ``spec`` (``demo``, a folder, or ``tiny``) onto ``device`` (default: CUDA if present)."""
     device = device or default_device()
     if spec == "demo":
-        from calibstudio.engine.models.demo.model import DEFAULTS, DemoAdapter, load_demo
+        from calibstudio.engine.models.demo.model import DEFAULTS, PROFILE, DemoAdapter, default_folder, load_demo
 
-        return LoadedModel(load_demo(device=device), DemoAdapter(), DEFAULTS, "demo_prompts.txt")
+        return LoadedModel(load_demo(device=device), DemoAdapter(), DEFAULTS, "demo_prompts.txt",
+                           default_folder() / PROFILE)
     if spec == "tiny":
         from calibstudio.engine.models.tiny import tiny_wan_pipeline
 

@@ -195,8 +195,8 @@ def _job_parser(commands: argparse._SubParsersAction, name: str, text: str) -> a
     return job
 
 
-def _sparse_options(job: argparse.ArgumentParser, required: bool) -> None:
-    job.add_argument("--profile", required=required, help="calibration profile (.safetensors)")
+def _sparse_options(job: argparse.ArgumentParser, profile_help: str) -> None:
+    job.add_argument("--profile", help=f"calibration profile (.safetensors); {profile_help}")
     job.add_argument("--threshold", "-t", type=float, default=0.999,
                      help="retained-mass threshold in 0.90..0.9999 (default 0.999)")
     job.add_argument("--backend", default="auto", help="attention backend: auto, fa4, triton, flex, cpu")
@@ -243,10 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--block", type=int, default=128, help="block size in tokens (default 128)")
     calibrate.add_argument("--out", required=True, help="profile to write (.safetensors)")
     generate = _job_parser(commands, "generate", "generate a clip, dense or sparse from a profile")
-    _sparse_options(generate, required=False)
+    _sparse_options(generate, "without one the clip is dense")
     generate.add_argument("--out", required=True, help="MP4 to write")
     compare = _job_parser(commands, "compare", "generate dense and sparse clips in lockstep and report the speedup")
-    _sparse_options(compare, required=True)
+    _sparse_options(compare, "default: the one shipped with the model (the demo model has one)")
     compare.add_argument("--out-dir", required=True,
                          help="folder for dense.mp4, sparse.mp4, side_by_side.mp4 and report.json")
 

@@ -7,7 +7,9 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from calibstudio.engine.attention_hook import AttentionHook  # noqa: E402
+import torch  # noqa: E402
+
+from calibstudio.engine.attention_hook import AttentionHook, dense_attention  # noqa: E402
 from calibstudio.engine.calibrate import CalibrationSettings, calibrate  # noqa: E402
 from calibstudio.engine.export import side_by_side, write_mp4, write_report  # noqa: E402
 from calibstudio.engine.generate import GenerationSettings, compare, generate  # noqa: E402
@@ -72,8 +74,21 @@ def test_sparse_with_an_all_ones_profile_equals_dense(pipe, adapter, tmp_path):
     profile = _uniform_profile(pipe, adapter, tmp_path / "ones.safetensors")
     assert profile.densities(0.9999).min() == 1.0
     dense = generate(pipe, adapter, _settings())
-    sparse = generate(pipe, adapter, _settings(threshold=0.9999), profile=profile)
+    # the reference backend never hands a dense layer back to the dense kernel, so the sparse path really runs
+    sparse = generate(pipe, adapter, _settings(threshold=0.9999), profile=profile, backend="reference")
     assert np.abs(dense.frames.astype(int) - sparse.frames.astype(int)).max() <= 1
+
+
+def test_layers_too_dense_to_gain_run_dense(pipe, adapter, calibrated, tmp_path):
+    """On the CPU a layer keeping most blocks is faster dense (kernels.attention.DENSE_ABOVE): no layout for it."""
+    ones = _uniform_profile(pipe, adapter, tmp_path / "ones.safetensors")
+    hook = AttentionHook(adapter, pipe.transformer, mode="sparse", profile=ones, threshold=0.9999)
+    assert hook.layout(0, 0, torch.device("cpu")) is None
+    q = torch.randn(1, ones.meta.tokens, 2, 16)
+    torch.testing.assert_close(hook.attend(0, q, q, q), dense_attention(q, q, q))
+    sparse = AttentionHook(adapter, pipe.transformer, mode="sparse", profile=calibrated, threshold=0.9)
+    density = float(calibrated.mask(0, 0, 0.9).mean())
+    assert (sparse.layout(0, 0, torch.device("cpu")) is None) == (density > 0.6)
 
 
 def test_hook_removal_restores_the_processors(pipe, adapter, calibrated):
@@ -158,7 +173,8 @@ def test_apply_profile_makes_a_plain_pipeline_call_sparse_and_comes_off(pipe, ca
 
     dense = run()
     before = [b.attn1.processor for b in pipe.transformer.blocks]
-    with calibstudio.apply_profile(pipe, calibrated, threshold=0.9) as hook:
+    # reference backend: the tiny model's dense-ish layers would otherwise run dense on the CPU (DENSE_ABOVE)
+    with calibstudio.apply_profile(pipe, calibrated, threshold=0.9, backend="reference") as hook:
         sparse = run()
         assert set(hook._layouts) == {(0, 0), (0, 1), (1, 0), (1, 1)}  # both bins used, layouts built once
     assert [b.attn1.processor for b in pipe.transformer.blocks] == before

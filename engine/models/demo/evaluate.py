@@ -17,24 +17,25 @@ import numpy as np
 from calibstudio.engine.atomic import atomic_write
 from calibstudio.engine.generate import GenerationSettings, compare
 from calibstudio.engine.models.demo.adherence import score_clips
-from calibstudio.engine.models.demo.model import default_folder
 from calibstudio.engine.models.registry import load_model
 from calibstudio.engine.profile import Profile
 from calibstudio.engine.progress import tqdm_progress
 
-SHIPPED_PROFILE = "profile.safetensors"  # in the demo model's folder
 DEFAULT_THRESHOLD = 0.99  # also the CLI default
 
 
-def evaluate(prompts: list[str], profile_path: str | Path, threshold: float = DEFAULT_THRESHOLD,
+def evaluate(prompts: list[str], profile_path: str | Path | None = None, threshold: float = DEFAULT_THRESHOLD,
              model: str = "demo", seed: int = 0, device: str | None = None, backend: str = "auto") -> dict[str, Any]:
-    """Dense and sparse adherence (fractions), mean PSNR/SSIM of sparse vs dense, and the overall speedup."""
+    """Dense and sparse adherence (fractions), mean PSNR/SSIM of sparse vs dense, and the overall speedup.
+
+    ``profile_path`` None: the profile shipped with the model.
+    """
     if not prompts:
         raise ValueError("no prompts to evaluate (one caption a line)")
     loaded = load_model(model, device)
     d = loaded.defaults
     dense, sparse, psnrs, ssims, dense_ms, sparse_ms = [], [], [], [], 0.0, 0.0
-    with Profile.open(profile_path) as profile:
+    with Profile.open(loaded.shipped_profile(profile_path)) as profile:
         density = profile.density(threshold)
         progress = tqdm_progress()
         for i, prompt in enumerate(prompts):
@@ -59,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
     """``calibstudio eval`` (options in ``calibstudio.cli``): print the results, optionally write them as JSON."""
     from calibstudio.engine.jobs_cli import read_prompts
 
-    profile = args.profile or default_folder() / SHIPPED_PROFILE
-    results = evaluate(read_prompts(args.prompts), profile, args.threshold, args.model, args.seed, args.device,
+    results = evaluate(read_prompts(args.prompts), args.profile, args.threshold, args.model, args.seed, args.device,
                        args.backend)
     for name in ("dense", "sparse"):
         print(f"{name:>6}: " + "  ".join(f"{k} {v:.0%}" for k, v in results[name].items()))

@@ -7,7 +7,8 @@ shapes are flat colours, which a pixel model learns quickly. Because it is a Wan
 the same adapter code (self-attention processor, hook, prediction) serves Wan and the demo model.
 
 Weights ship in ``resources/demo_model/`` as one fp16 safetensors file (``transformer.*`` and
-``text_encoder.*``) next to ``config.json`` (configs, vocabulary, defaults) and a model card.
+``text_encoder.*``) next to ``config.json`` (configs, vocabulary, defaults), a model card and a
+calibration profile made with ``calibstudio calibrate`` on ``resources/demo_prompts.txt``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from calibstudio.engine.models.demo.text import WordEncoder, grammar_vocabulary,
 from calibstudio.engine.models.wan import WanAdapter
 
 NAME = "calibstudio-demo"
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
+WEIGHTS, CONFIG, PROFILE = "model.safetensors", "config.json", "profile.safetensors"
 
 TRANSFORMER_CONFIG: dict[str, Any] = {
     "patch_size": list(scenes.DEFAULT_PATCH), "num_attention_heads": 4, "attention_head_dim": 64,

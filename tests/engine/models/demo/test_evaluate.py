@@ -1,0 +1,55 @@
+"""``calibstudio eval`` and ``compare`` on the demo model, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "calibstudio", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def short_profile(tmp_path_factory):
+    """A 4-step demo-model profile on one prompt (the shipped one is for 20 steps: too slow for a test)."""
+    folder = tmp_path_factory.mktemp("eval")
+    prompts = folder / "prompts.txt"
+    prompts.write_text("a red circle moves left on a blue background\n")
+    profile = folder / "demo-4.safetensors"
+    result = run("calibrate", "--prompts", str(prompts), "--steps", "4", "--bins", "2", "--out", str(profile))
+    assert result.returncode == 0, result.stderr
+    return profile, prompts
+
+
+@pytest.mark.slow
+def test_eval_prints_and_writes_the_documented_json(short_profile, tmp_path):
+    profile, prompts = short_profile
+    out = tmp_path / "eval.json"
+    result = run("eval", str(prompts), "--profile", str(profile), "--threshold", "0.95", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "dense:" in result.stdout and "PSNR" in result.stdout
+    report = json.loads(out.read_text())
+    assert {"dense", "sparse", "psnr", "ssim", "speedup", "threshold", "density"} <= set(report)
+    for name in ("dense", "sparse"):
+        assert set(report[name]) == {"color", "shape", "direction"}
+        assert all(0.0 <= v <= 1.0 for v in report[name].values())
+    assert report["threshold"] == 0.95 and 0.0 < report["density"] <= 1.0
+    assert report["speedup"] > 0 and -1.0 <= report["ssim"] <= 1.0 and report["psnr"] > 10
+
+
+def test_eval_with_a_missing_prompt_file_is_one_clear_line(tmp_path):
+    result = run("eval", str(tmp_path / "nope.txt"))
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
+
+
+@pytest.mark.slow
+def test_compare_on_the_demo_model_refuses_a_profile_of_other_steps(short_profile, tmp_path):
+    profile, _ = short_profile
+    result = run("compare", "--profile", str(profile), "--prompt", "a red circle", "--out-dir", str(tmp_path))
+    assert result.returncode == 1 and "calibrated with 4 steps" in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing half-written
