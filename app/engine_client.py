@@ -152,10 +152,12 @@ class EngineClient(QObject):
         process = QProcess(self)
         process.setProgram(self.command[0])
         process.setArguments(self.command[1:])
-        process.readyReadStandardOutput.connect(lambda: self._read_stdout(process))
-        process.readyReadStandardError.connect(lambda: self._read_stderr(process))
-        process.finished.connect(lambda code, status: self._finished(process, code, status))
-        process.errorOccurred.connect(lambda error: self._error_occurred(process, error))
+        # bound slots, not lambdas holding the process and the client: a lambda makes a reference cycle
+        # through the C++ connection that the garbage collector may break mid-event (a segfault)
+        process.readyReadStandardOutput.connect(self._stdout_ready)
+        process.readyReadStandardError.connect(self._stderr_ready)
+        process.finished.connect(self._finished)
+        process.errorOccurred.connect(self._error_occurred)
         self._process = process
         self._stdout.clear()
         self._stderr.clear()
@@ -217,12 +219,16 @@ class EngineClient(QObject):
             self._fail(f"it did not start within {self.start_timeout_s:g} s (no 'ready' from "
                        f"`{self.describe_command()}`)")
 
-    def _finished(self, process: QProcess, code: int, status: QProcess.ExitStatus) -> None:
-        if process is not self._process:
+    def _from_current(self) -> bool:
+        """Whether the signal being handled comes from the current process (a killed one's late signals don't)."""
+        return self._process is not None and self.sender() is self._process
+
+    def _finished(self, code: int, status: QProcess.ExitStatus) -> None:
+        if not self._from_current():
             return
         try:
-            self._read_stdout(process)  # its last words may still be in the pipe
-            self._read_stderr(process)
+            self._read_stdout()  # its last words may still be in the pipe
+            self._read_stderr()
         except RuntimeError:  # the client itself is being destroyed (interpreter exit): nobody is listening
             return
         if self._stderr:
@@ -235,9 +241,9 @@ class EngineClient(QObject):
         last = next((line for line in reversed(self.stderr_tail) if line.strip()), "")
         self._fail(f"{reason}: {last.strip()}" if last else reason)
 
-    def _error_occurred(self, process: QProcess, error: QProcess.ProcessError) -> None:
-        if process is self._process and error == QProcess.ProcessError.FailedToStart:
-            self._fail(f"could not run `{self.describe_command()}`: {process.errorString()}")
+    def _error_occurred(self, error: QProcess.ProcessError) -> None:
+        if self._from_current() and error == QProcess.ProcessError.FailedToStart:
+            self._fail(f"could not run `{self.describe_command()}`: {self._process.errorString()}")
 
     # -- sending ---------------------------------------------------------------------------------------
     def _next_id(self, name: str) -> str:
@@ -265,9 +271,16 @@ class EngineClient(QObject):
         self._ping = (self.send("hello"), time.monotonic())
 
     # -- receiving -------------------------------------------------------------------------------------
-    def _read_stdout(self, process: QProcess) -> None:
-        if process is not self._process:
-            return
+    def _stdout_ready(self) -> None:
+        if self._from_current():
+            self._read_stdout()
+
+    def _stderr_ready(self) -> None:
+        if self._from_current():
+            self._read_stderr()
+
+    def _read_stdout(self) -> None:
+        process = self._process
         self._stdout += bytes(process.readAllStandardOutput().data())
         for line in self._lines():
             self._dispatch(decode_event(line, max_bytes=self.max_line_bytes))
@@ -300,10 +313,8 @@ class EngineClient(QObject):
                     lines.append(line)
         return lines
 
-    def _read_stderr(self, process: QProcess) -> None:
-        if process is not self._process:
-            return
-        self._stderr += bytes(process.readAllStandardError().data())
+    def _read_stderr(self) -> None:
+        self._stderr += bytes(self._process.readAllStandardError().data())
         *complete, rest = self._stderr.split(b"\n")
         self._stderr = bytearray(rest[-65536:])
         for raw in complete:

@@ -34,6 +34,15 @@ def make_window(dark_app, qtbot, settings_file, tmp_path):
     return make
 
 
+@pytest.fixture
+def standalone(dark_app):
+    """Clients with no window: stopped at teardown, so no engine process outlives its test."""
+    clients: list[EngineClient] = []
+    yield clients.append
+    for client in clients:
+        client.stop(timeout_ms=1000)
+
+
 def fill_compare(win: MainWindow, profile: Path, prompt: str) -> None:
     panel = win.job_panel
     panel.prompt_edit.setPlainText(prompt)
@@ -100,8 +109,9 @@ def test_slow_start_times_out_with_a_message(make_window, qtbot):
     assert "engine stopped" in win.job_panel.progress_label.text()
 
 
-def test_hung_engine_is_detected_by_ping(dark_app, qtbot, tmp_path):
+def test_hung_engine_is_detected_by_ping(standalone, qtbot, tmp_path):
     client = fake_client("hang", tmp_path, ping_interval_s=0.1, ping_timeout_s=0.5)
+    standalone(client)
     stopped = []
     client.stopped.connect(stopped.append)
     client.start()
@@ -110,8 +120,9 @@ def test_hung_engine_is_detected_by_ping(dark_app, qtbot, tmp_path):
     assert client.state == "stopped" and any("got hello" in line for line in client.stderr_tail)
 
 
-def test_a_command_that_cannot_run_says_so(dark_app, qtbot, tmp_path):
+def test_a_command_that_cannot_run_says_so(standalone, qtbot, tmp_path):
     client = EngineClient([str(tmp_path / "no-such-engine")])
+    standalone(client)
     stopped = []
     client.stopped.connect(stopped.append)
     client.start()
