@@ -29,7 +29,7 @@ help:
 	@echo "make demo     headless: dense vs sparse compare on the demo model -> build/demo (MP4s, report)"
 	@echo "make lint     ruff"
 	@echo "make wheel    build the wheel into dist/"
-	@echo "make screenshots  render every studio view into docs/screenshots/"
+	@echo "make screenshots  render every studio view into docs/screenshots/ (a real demo-model compare: minutes)"
 	@echo "torch build: $(TORCH) ($(TORCH_SPEC)); override with TORCH=cpu|cuda or TORCH_SPEC=..."
 
 $(BIN)/python:
@@ -71,7 +71,7 @@ wheel: $(STAMP)
 	$(BIN)/python -m build --wheel --no-isolation --outdir dist .
 
 screenshots: $(STAMP)
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m calibstudio.app.screenshots docs/screenshots
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m calibstudio.app.screenshots docs/screenshots --model demo
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -336,6 +336,8 @@ class JobPanel(QWidget):
                              ("steps", self.steps_box)):
                 if isinstance(defaults.get(key), int):
                     box.setValue(defaults[key])
+            if isinstance(defaults.get("profile"), str) and not self.profile_edit.text().strip():
+                self.profile_edit.setText(defaults["profile"])  # the model's shipped profile: compare at once
             self.show_message(f"model {spec} loaded: {defaults.get('width')}×{defaults.get('height')}, "
                               f"{defaults.get('frames')} frames, {defaults.get('steps')} steps by default")
         self.update_enabled()

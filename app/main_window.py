@@ -219,13 +219,18 @@ class MainWindow(QMainWindow):
         if path:
             self.open_profile(path)
 
-    def open_profile(self, path: str | Path) -> bool:
-        """Open ``path``; on a bad file show one message box and keep the profile already open."""
+    def open_profile(self, path: str | Path, remember: bool = True) -> bool:
+        """Open ``path``; on a bad file show one message box and keep the profile already open.
+
+        ``remember`` records it as the last profile and its folder as the dialogs' folder (not for the
+        profile a bundled model ships inside the package)."""
         try:
             self.model.open(path)
         except ProfileError as error:
             QMessageBox.critical(self, "Cannot open profile", str(error))
             return False
+        if not remember:
+            return True
         folder = str(Path(path).resolve().parent)
         self.settings.setValue("recent_folder", folder)
         self.settings.setValue("last_profile", str(Path(path).resolve()))
@@ -261,6 +266,7 @@ class MainWindow(QMainWindow):
         self.engine.error.connect(self._engine_error)
         self.runner.job_started.connect(self._job_started)
         self.runner.job_finished.connect(self._job_finished)
+        self.runner.model_loaded.connect(self._model_loaded)
         self.job_panel.message_changed.connect(lambda text: self.statusBar().showMessage(text, 15_000))
         self.exporter.exported.connect(lambda text: self.statusBar().showMessage(text, 15_000))
         self.exporter.failed.connect(lambda text: QMessageBox.warning(self, "Export", text))
@@ -320,6 +326,12 @@ class MainWindow(QMainWindow):
     def _job_finished(self, kind: str, payload: dict) -> None:
         if kind == "calibrate" and isinstance(payload.get("profile"), str):
             self.open_profile(payload["profile"])
+
+    def _model_loaded(self, _spec: str, defaults: dict) -> None:
+        """Show the model's shipped profile when nothing is open (and the engine runs on this machine)."""
+        shipped = defaults.get("profile")
+        if self.model.profile is None and isinstance(shipped, str) and Path(shipped).is_file():
+            self.open_profile(shipped, remember=False)
 
     # -- drag and drop --------------------------------------------------------------------------------------
     @staticmethod

@@ -5,8 +5,9 @@
 and ``threshold.png``. Without ``--profile`` it first writes a Wan-2.1-1.3B-sized synthetic profile
 (480p/81f: 21 x 30 x 52 tokens, 30 layers x 12 heads, about a minute on 2 cores).
 
-Then (unless ``--no-engine``) it starts a real engine, calibrates ``--model`` and runs one short
-compare through the studio exactly as a user would, and renders what that run produced:
+Then (unless ``--no-engine``) it starts a real engine, calibrates ``--model`` (unless it ships a
+profile, as the demo model does) and runs one compare through the studio exactly as a user would,
+and renders what that run produced:
 ``jobs.png`` (the job panel mid-compare, progress and ETA), ``previews.png`` (dense and sparse
 clips with the measured PSNR/SSIM), ``speed.png`` (measured per-step times and speedup) and
 ``studio_compare.png`` (the whole window after the run). Every number in them was measured.
@@ -163,9 +164,11 @@ def _run_and_grab(app, window, out: Path, scratch: Path, model: str, threshold: 
     if engine.state == "stopped" or failures:
         raise RuntimeError(f"the engine did not load {model}: {engine.last_reason or failures[0]}")
     run = RUNS.get(model, RUNS["demo"])
-    panel.profile_edit.setText(str(scratch / f"{Path(model).name}.safetensors"))
-    panel.block_box.setCurrentText(str(run["block"]))
-    panel.bins_box.setValue(int(run["bins"] or 4))
+    shipped = window.runner.model_defaults.get("profile")  # the bundled model's profile: compare at once
+    if not shipped:
+        panel.profile_edit.setText(str(scratch / f"{Path(model).name}.safetensors"))
+        panel.block_box.setCurrentText(str(run["block"]))
+        panel.bins_box.setValue(int(run["bins"] or 4))
     for key, box in (("width", panel.width_box), ("height", panel.height_box), ("frames", panel.frames_box),
                      ("steps", panel.steps_box)):
         if run[key] is not None:
@@ -180,7 +183,7 @@ def _run_and_grab(app, window, out: Path, scratch: Path, model: str, threshold: 
             mid_job.append(panel.grab(QRect(0, 0, panel.width(), bottom)))
 
     window.runner.job_progress.connect(grab_mid_compare)
-    for kind in ("calibrate", "compare"):
+    for kind in ("compare",) if shipped else ("calibrate", "compare"):
         if kind == "compare":
             window.model.set_threshold(threshold)
             window.model.select(layer=0, head=0)
@@ -223,8 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--head", type=int, default=0, help="head to show (default 0)")
     parser.add_argument("--threshold", type=float, default=0.999, help="threshold (default 0.999)")
     parser.add_argument("--model", default="tiny",
-                        help="model for the engine views (default: tiny, seconds on a CPU; the demo model's "
-                             "calibration takes many minutes there)")
+                        help="model for the engine views (default: tiny, seconds on a CPU; the demo model "
+                             "uses its shipped profile, a compare takes about a minute there)")
     parser.add_argument("--no-engine", action="store_true", help="skip the views that need an engine run")
     args = parser.parse_args(argv)
     from calibstudio.engine.profile import ProfileError

@@ -164,7 +164,10 @@ class Server:
         self.model, self.model_spec = None, command.args["model"]
         model = self._model()
         self._progress.update("load", 1, 1)
-        return {"model": self.model_spec, "defaults": model.defaults}
+        defaults: dict[str, Any] = dict(model.defaults)
+        if model.profile is not None and model.profile.is_file():
+            defaults["profile"] = str(model.profile)  # compare and sparse generate use it when given none
+        return {"model": self.model_spec, "defaults": defaults}
 
     def job_calibrate(self, command: Command, folder: Path) -> dict:
         from calibstudio.engine.calibrate import CalibrationSettings, calibrate
@@ -190,9 +193,7 @@ class Server:
         from calibstudio.engine.profile import Profile
 
         args, model = command.args, self._model()
-        if args["mode"] == "sparse" and "profile" not in args:
-            raise ValueError("sparse generation needs a 'profile' path")
-        profile = Profile.open(args["profile"]) if args["mode"] == "sparse" else None
+        profile = Profile.open(model.shipped_profile(args.get("profile"))) if args["mode"] == "sparse" else None
         clip = generate(model.pipe, model.adapter, self._generation(args, model), profile, self._progress)
         video = write_mp4(folder / "clip.mp4", clip.frames)
         return {"video": str(video), "step_ms": clip.step_ms}
@@ -203,8 +204,6 @@ class Server:
         from calibstudio.engine.profile import Profile
 
         args, model = command.args, self._model()
-        if "profile" not in args:
-            raise ValueError("compare needs a 'profile' path")
 
         def on_step(step: int, dense_ms: float, sparse_ms: float, dense: Any, sparse: Any) -> None:
             self.send(Event("timing", {"job": command.id, "step": step, "dense_ms": dense_ms,
@@ -216,7 +215,7 @@ class Server:
                 self.send(Event("preview", {"job": command.id, "step": step, "which": which, "frames": data,
                                             "width": int(image.shape[1]), "height": int(image.shape[0])}))
 
-        with Profile.open(args["profile"]) as profile:
+        with Profile.open(model.shipped_profile(args.get("profile"))) as profile:
             result = compare(model.pipe, model.adapter, self._generation(args, model), profile, self._progress,
                              on_step=on_step)
         outputs = {"dense": write_mp4(folder / "dense.mp4", result.dense.frames),

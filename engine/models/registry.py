@@ -28,7 +28,8 @@ class LoadedModel:
         if given:
             return given
         if self.profile is None or not self.profile.is_file():
-            raise ValueError("this model ships no calibration profile: pass --profile, or make one with "
+            raise ValueError("this model ships no calibration profile: give one (--profile, or a 'profile' path "
+                             "in the engine request), or make one with "
                              "`calibstudio calibrate --out PROFILE`")
         return self.profile
 

@@ -1,10 +1,11 @@
 """A stand-in engine for the studio's error paths: speaks the real protocol, misbehaves on request.
 
-``python fake_engine.py SCENARIO [JOBS_DIR]``; every command it reads is echoed to stderr as
+``python fake_engine.py SCENARIO [JOBS_DIR [SHIPPED_PROFILE]]``; every command it reads is echoed to stderr as
 ``got <cmd>`` so tests can see what the studio sent. Scenarios:
 
-- ``ok``: serves load_model, compare (a few slow steps with timing/preview events, real MP4s and
-  a report in JOBS_DIR) and cancel; a compare whose prompt contains "crash" exits mid-job (code 3).
+- ``ok``: serves load_model (every model "ships" SHIPPED_PROFILE when one is given), compare (a few
+  slow steps with timing/preview events, real MP4s and a report in JOBS_DIR) and cancel; a compare whose
+  prompt contains "crash" exits mid-job (code 3).
 - ``garbage``: like ``ok`` but writes lines that are not protocol messages right after ``ready``.
 - ``slow``: sleeps before ``ready`` (for the start timeout).
 - ``hang``: sends ``ready``, then reads commands and never answers.
@@ -74,6 +75,7 @@ def compare(command: Command, jobs: Path, cancelled: threading.Event) -> None:
 def main() -> int:
     scenario = sys.argv[1]
     jobs = Path(sys.argv[2]) if len(sys.argv) > 2 else Path.cwd() / "fake-jobs"
+    shipped = {"profile": sys.argv[3]} if len(sys.argv) > 3 else {}
     if scenario == "slow":
         time.sleep(30)
     send(Event("ready", {"engine": f"fake engine ({scenario})"}))
@@ -99,7 +101,8 @@ def main() -> int:
         elif message.name == "load_model":
             send(Event("progress", {"job": message.id, "phase": "load", "step": 0, "total": 1, "eta": None}))
             send(message.reply({"model": message.args["model"],
-                                "defaults": {"height": HEIGHT, "width": WIDTH, "frames": 9, "steps": STEPS}}))
+                                "defaults": {"height": HEIGHT, "width": WIDTH, "frames": 9, "steps": STEPS,
+                                             **shipped}}))
         elif message.name == "compare":
             cancelled.clear()
             running = message.id

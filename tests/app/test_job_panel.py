@@ -66,6 +66,17 @@ def fake_window(dark_app, qtbot, settings_file, tmp_path):
     return win
 
 
+def test_a_models_shipped_profile_is_shown_and_becomes_the_jobs_profile(dark_app, qtbot, settings_file, tmp_path,
+                                                                         small_profile):
+    engine = EngineClient([sys.executable, FAKE, "ok", str(tmp_path / "jobs"), str(small_profile)])
+    win = MainWindow(open_settings(settings_file), engine=engine, start_engine=True)
+    qtbot.addWidget(win)
+    qtbot.waitUntil(lambda: engine.is_ready and not win.runner.busy, timeout=20_000)
+    assert win.model.profile is not None and win.model.profile.path == small_profile
+    assert win.job_panel.profile_edit.text() == str(small_profile)
+    assert win.settings.value("recent_folder") is None, "a bundled profile's folder is not the user's folder"
+
+
 def test_impossible_request_is_refused_with_a_message_and_nothing_is_sent(fake_window, qtbot, small_profile):
     panel = fake_window.job_panel
     panel.prompt_edit.setPlainText("a blue square")

@@ -16,7 +16,9 @@ class Engine:
     """A ``calibstudio engine`` child process with line-level helpers."""
 
     def __init__(self, jobs: Path) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "calibstudio", "engine", "--jobs-dir", str(jobs)],
+        # the tiny model: jobs take seconds (the default, the demo model, takes a minute per compare here)
+        self.process = subprocess.Popen([sys.executable, "-m", "calibstudio", "engine", "--model", "tiny",
+                                         "--jobs-dir", str(jobs)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert self.next()["event"] == "ready"
 
@@ -104,3 +106,15 @@ def test_compare_streams_timings_and_previews(engine, tmp_path):
     assert mask["event"] == "mask" and mask["shape"] == [6, 6] and engine.next()["event"] == "result"
     engine.send({"cmd": "get_mask", "id": "m2", "bin": 0, "layer": 0, "head": 0, "profile": str(tmp_path / "no")})
     assert engine.next()["code"] == "bad_profile"
+
+
+def test_a_model_with_a_shipped_profile_compares_without_one(engine):
+    engine.send({"cmd": "load_model", "id": "demo", "model": "demo"})
+    reply = engine.until(lambda e: e["event"] in ("result", "error"))[-1]
+    assert Path(reply["payload"]["defaults"]["profile"]).name == "profile.safetensors"
+    engine.send({"cmd": "load_model", "id": "tiny", "model": "tiny"})
+    reply = engine.until(lambda e: e["event"] in ("result", "error"))[-1]
+    assert "profile" not in reply["payload"]["defaults"]
+    engine.send({"cmd": "compare", "id": "cmp", "prompt": "a red circle", "seed": 2})
+    reply = engine.until(lambda e: e["event"] in ("result", "error"))[-1]
+    assert reply["code"] == "bad_request" and "ships no calibration profile" in reply["message"], reply
