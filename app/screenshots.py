@@ -32,12 +32,26 @@ VIEWS = {
 }
 
 
+def _offscreen_app(out_dir: str | os.PathLike[str]):
+    """The (offscreen, dark) QApplication the renders draw in, and the output folder, created."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtWidgets import QApplication
+
+    from calibstudio.app.studio import install_message_filter
+    from calibstudio.app.theme import apply_dark_theme
+
+    install_message_filter()
+    app = QApplication.instance() or QApplication(["calibstudio-screenshots"])
+    apply_dark_theme(app)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return app, out
+
+
 def render(profile_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], layer: int | None = None,
            head: int = 0, threshold: float = 0.999) -> list[Path]:
     """Render each view of ``profile_path`` into ``out_dir``; returns the PNG paths."""
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6.QtCore import QPointF
-    from PySide6.QtWidgets import QApplication
 
     from calibstudio.app.heatmap_view import HeatmapView
     from calibstudio.app.main_window import MainWindow
@@ -45,15 +59,9 @@ def render(profile_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     from calibstudio.app.profile_model import ProfileModel
     from calibstudio.app.settings import open_settings
     from calibstudio.app.small_multiples import SmallMultiplesView
-    from calibstudio.app.studio import install_message_filter
-    from calibstudio.app.theme import apply_dark_theme
     from calibstudio.app.threshold_panel import ThresholdPanel
 
-    install_message_filter()
-    app = QApplication.instance() or QApplication(["calibstudio-screenshots"])
-    apply_dark_theme(app)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    app, out = _offscreen_app(out_dir)
     model = ProfileModel(threshold)
     model.open(profile_path)
     meta = model.profile.meta
@@ -121,20 +129,11 @@ def _wait(app, condition, what: str, timeout_s: float = JOB_TIMEOUT_S) -> None:
 def render_engine_views(out_dir: str | os.PathLike[str], model: str = "tiny", threshold: float = 0.9,
                         prompt: str = "a red circle moves left over a blue background", seed: int = 2) -> list[Path]:
     """Calibrate ``model`` and run one compare on a real engine through the studio; render the job views."""
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6.QtWidgets import QApplication
-
     from calibstudio.app.engine_client import EngineClient, default_command
     from calibstudio.app.main_window import MainWindow
     from calibstudio.app.settings import open_settings
-    from calibstudio.app.studio import install_message_filter
-    from calibstudio.app.theme import apply_dark_theme
 
-    install_message_filter()
-    app = QApplication.instance() or QApplication(["calibstudio-screenshots"])
-    apply_dark_theme(app)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    app, out = _offscreen_app(out_dir)
     with tempfile.TemporaryDirectory() as scratch:
         engine = EngineClient([*default_command(), "--jobs-dir", str(Path(scratch) / "jobs")])
         window = MainWindow(open_settings(str(Path(scratch) / "settings.ini")), engine=engine, persist=False,

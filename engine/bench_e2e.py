@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from calibstudio.engine.atomic import atomic_write
+from calibstudio.engine.machine import device_name
 
 RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}
 WAN14B = {"num_attention_heads": 40, "attention_head_dim": 128, "in_channels": 16, "out_channels": 16,
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     eager_sdpa = {r["res"]: r["ms_dense"] for r in rows if not r["compiled"]}
     for row in rows:
         row["speedup_vs_eager_sdpa"] = eager_sdpa.get(row["res"], row["ms_dense"]) / row["ms_sparse"]
-    return {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+    return {"device": device_name(device),
             "torch": torch.__version__, "layers": args.layers, "backend": args.backend,
             "config": "tiny" if args.quick else "Wan-2.1-T2V-14B", "rows": rows}
 

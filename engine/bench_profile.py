@@ -20,6 +20,7 @@ import numpy as np
 import safetensors
 from tqdm import tqdm
 
+from calibstudio.engine.machine import device_name
 from calibstudio.engine.profile import CompiledLayer, Profile, ProfileWriter, compile_layer
 from calibstudio.engine.synthetic import synthetic_meta, video_block_mass
 
@@ -74,7 +75,7 @@ def run(out_json: Path, profile_path: Path, shape: dict, prompts: int, noise: fl
 
     size = profile_path.stat().st_size
     report = {
-        "device": f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "device": device_name("cpu"),
         "versions": {"python": platform.python_version(), "numpy": np.__version__,
                      "safetensors": safetensors.__version__},
         "shape": {"model": "Wan-2.1-T2V-14B 720p/81f (synthetic)", "grid": list(meta.grid), "tokens": meta.tokens,

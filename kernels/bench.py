@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -288,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     res = run_gpu(args) if gpu else run_cpu(args)
     import triton
 
+    from calibstudio.engine.machine import device_name  # the one wording of a device in our JSON
+
     doc = {
-        "device": torch.cuda.get_device_name() if gpu else (platform.processor() or platform.machine()),
+        "device": device_name("cuda" if gpu else "cpu"),
         "torch": torch.__version__,
         "triton": triton.__version__,
         "python": sys.version.split()[0],

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from calibstudio.engine.atomic import atomic_write
 from calibstudio.engine.generate import GenerationSettings, compare
+from calibstudio.engine.machine import device_name
 from calibstudio.engine.models.demo.adherence import score_clips
-from calibstudio.engine.models.registry import load_model
+from calibstudio.engine.models.registry import default_device, load_model
 from calibstudio.engine.profile import Profile
 from calibstudio.engine.progress import tqdm_progress
 
@@ -32,6 +34,7 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
     """
     if not prompts:
         raise ValueError("no prompts to evaluate (one caption a line)")
+    device = device or default_device()
     loaded = load_model(model, device)
     d = loaded.defaults
     dense, sparse, psnrs, ssims, dense_ms, sparse_ms = [], [], [], [], 0.0, 0.0
@@ -53,7 +56,8 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
     return {"dense": score_clips(dense, prompts, (0, 255)), "sparse": score_clips(sparse, prompts, (0, 255)),
             "psnr": float(np.mean(np.minimum(psnrs, 100.0))), "ssim": float(np.mean(ssims)),
             "speedup": dense_ms / max(sparse_ms, 1e-9), "threshold": threshold, "density": density,
-            "prompts": len(prompts), "dense_s": dense_ms / 1e3, "sparse_s": sparse_ms / 1e3}
+            "prompts": len(prompts), "dense_s": dense_ms / 1e3, "sparse_s": sparse_ms / 1e3,
+            "device": device_name(device), "torch": torch.__version__}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ def test_eval_prints_and_writes_the_documented_json(short_profile, tmp_path):
         assert all(0.0 <= v <= 1.0 for v in report[name].values())
     assert report["threshold"] == 0.95 and 0.0 < report["density"] <= 1.0
     assert report["speedup"] > 0 and -1.0 <= report["ssim"] <= 1.0 and report["psnr"] > 10
+    assert report["device"].startswith("cpu:") and report["torch"]  # where the numbers were measured
 
 
 def test_eval_with_a_missing_prompt_file_is_one_clear_line(tmp_path):
