@@ -73,8 +73,9 @@ class ThresholdPanel(QWidget):
         self.worst_label.setObjectName("worst")
         self.head_label = QLabel("—")
         self.head_label.setObjectName("head")
-        for label in (self.retained_label, self.worst_label, self.head_label):
-            label.setWordWrap(True)
+        self.head_retained_label = QLabel("—")
+        self.head_retained_label.setObjectName("head_retained")
+        # short lines, no word wrap: a dock does not grow for a wrapped label, the rows would overlap
         self.applied_label = QLabel("—")
         self.applied_label.setObjectName("applied")
         self.applied_label.setStyleSheet(f"color: {theme.DIM_TEXT};")
@@ -95,6 +96,7 @@ class ThresholdPanel(QWidget):
         form.addRow("Retained mass", self.retained_label)
         form.addRow("Worst prompt", self.worst_label)
         form.addRow("Selected head", self.head_label)
+        form.addRow("  retained", self.head_retained_label)
         form.addRow("Applied τ", self.applied_label)
 
         layout = QVBoxLayout(self)
@@ -148,6 +150,6 @@ class ThresholdPanel(QWidget):
         if stats is None:
             return
         b, layer, head = self.model.selection
-        self.head_label.setText(f"L{layer} H{head} bin {b}: {stats.densities[b, layer, head]:.1%} of blocks, "
-                                f"retained {stats.retained_mean[b, layer, head]:.5f} / "
-                                f"{stats.retained_worst[b, layer, head]:.5f}")
+        self.head_label.setText(f"L{layer} H{head} bin {b}: {stats.densities[b, layer, head]:.1%} of blocks")
+        self.head_retained_label.setText(f"{stats.retained_mean[b, layer, head]:.5f} mean, "
+                                         f"{stats.retained_worst[b, layer, head]:.5f} worst")

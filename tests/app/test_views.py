@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from PySide6.QtCore import QPoint, QPointF, Qt
 
@@ -117,3 +119,17 @@ def test_slider_updates_density_label(dark_app, qtbot, small_profile):
     assert "×" in panel.speedup_label.text() and "attention share" in panel.speedup_label.toolTip()
     panel.spin.setValue(0.95)
     assert abs(model.threshold - 0.95) < 1e-9 and panel.slider.value() == model.level
+
+
+def test_selected_head_readout_follows_selection_without_overlapping_rows(dark_app, qtbot, small_profile):
+    model = ProfileModel(0.95)
+    model.open(small_profile)
+    panel = _show(qtbot, ThresholdPanel(model), (360, 300))
+    model.select(bin_index=1, layer=2, head=3)
+    stats = model.stats()
+    assert panel.head_label.text() == f"L2 H3 bin 1: {stats.densities[1, 2, 3]:.1%} of blocks"
+    assert panel.head_retained_label.text().startswith(f"{stats.retained_mean[1, 2, 3]:.5f} mean")
+    rows = [panel.retained_label, panel.worst_label, panel.head_label, panel.head_retained_label,
+            panel.applied_label]
+    for upper, lower in itertools.pairwise(rows):
+        assert upper.geometry().bottom() < lower.geometry().top(), (upper.text(), lower.text())
