@@ -46,15 +46,16 @@ def write_frames(folder: str | os.PathLike[str], frames: np.ndarray) -> list[Pat
 
 def write_report(path: str | os.PathLike[str], report: dict[str, Any]) -> Path:
     """The JSON report (non-finite numbers, e.g. PSNR of identical clips, written as null)."""
-    text = json.dumps(_finite(report), indent=2) + "\n"
+    text = json.dumps(json_safe(report), indent=2) + "\n"
     return atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
 
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as None: JSON has no inf (PSNR of identical clips) or NaN."""
     if isinstance(value, float) and not np.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value

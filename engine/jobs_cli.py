@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from calibstudio.engine.calibrate import CalibrationSettings, calibrate
-from calibstudio.engine.export import side_by_side, write_mp4, write_report
+from calibstudio.engine.export import json_safe, side_by_side, write_mp4, write_report
 from calibstudio.engine.generate import GenerationSettings, compare, generate
 from calibstudio.engine.models.registry import LoadedModel, load_model
 from calibstudio.engine.profile import Profile
@@ -80,7 +80,7 @@ def run_compare(args: argparse.Namespace) -> int:
     report = result.report()
     write_report(out / "report.json", report)
     summary = {key: report[key] for key in ("speedup", "psnr", "ssim", "density")}
-    print(json.dumps(summary))
+    print(json.dumps(json_safe(summary)))  # PSNR of identical clips: null, as in the report file
     return 0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import re
 import shutil
 import sys
@@ -199,7 +198,7 @@ class Server:
         return {"video": str(video), "step_ms": clip.step_ms}
 
     def job_compare(self, command: Command, folder: Path) -> dict:
-        from calibstudio.engine.export import side_by_side, write_mp4, write_report
+        from calibstudio.engine.export import json_safe, side_by_side, write_mp4, write_report
         from calibstudio.engine.generate import compare
         from calibstudio.engine.profile import Profile
 
@@ -224,9 +223,8 @@ class Server:
                                              side_by_side(result.dense.frames, result.sparse.frames))}
         report = result.report()
         outputs["report"] = write_report(folder / "report.json", report)
-        # PSNR of identical clips is inf, which JSON cannot carry: null, as in the report file
         return {**{k: str(v) for k, v in outputs.items()},
-                **{k: report[k] if math.isfinite(report[k]) else None for k in ("speedup", "psnr", "ssim", "density")}}
+                **json_safe({k: report[k] for k in ("speedup", "psnr", "ssim", "density")})}
 
     # -- masks -------------------------------------------------------------------------------
     def send_mask(self, command: Command) -> None:

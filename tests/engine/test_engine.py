@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ import torch  # noqa: E402
 
 from calibstudio.engine.attention_hook import AttentionHook, dense_attention  # noqa: E402
 from calibstudio.engine.calibrate import CalibrationSettings, calibrate  # noqa: E402
-from calibstudio.engine.export import side_by_side, write_mp4, write_report  # noqa: E402
+from calibstudio.engine.export import json_safe, side_by_side, write_mp4, write_report  # noqa: E402
 from calibstudio.engine.generate import GenerationSettings, compare, generate  # noqa: E402
 from calibstudio.engine.models.base import ModelLoadError  # noqa: E402
 from calibstudio.engine.models.tiny import save_tiny_wan, tiny_wan_pipeline  # noqa: E402
@@ -114,6 +116,19 @@ def test_calibrate_then_sparse_compare(pipe, adapter, calibrated, tmp_path):
     assert report["density"] < 1.0 and report["psnr"] > 5 and 0 < report["ssim"] <= 1
     path = write_report(tmp_path / "report.json", report)
     assert path.read_text().startswith("{")
+
+
+def _strict(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def test_identical_clips_report_psnr_as_null_not_infinity(tmp_path):
+    """Other tools read these files and the CLI's output: Infinity/NaN are not JSON."""
+    report = {"psnr": float("inf"), "ssim": 1.0, "per_step": [1.5, float("nan")], "nested": {"x": float("-inf")}}
+    text = write_report(tmp_path / "report.json", report).read_text()
+    assert json.loads(text, parse_constant=_strict) == {"psnr": None, "ssim": 1.0, "per_step": [1.5, None],
+                                                       "nested": {"x": None}}
+    assert json_safe((1.0, float("nan"))) == [1.0, None]
 
 
 def test_profile_for_another_grid_is_refused(pipe, adapter, calibrated):
