@@ -93,6 +93,7 @@ class JobPanel(QWidget):
         self.runner = runner
         self.profile_model = model
         self._defaults_for: str | None = None  # apply the engine's defaults when this model has loaded
+        self._shipped_profile: str | None = None  # the loaded model's own profile, when it ships one
 
         self.model_box = QComboBox()
         self.model_box.setEditable(True)
@@ -336,11 +337,18 @@ class JobPanel(QWidget):
                              ("steps", self.steps_box)):
                 if isinstance(defaults.get(key), int):
                     box.setValue(defaults[key])
-            if isinstance(defaults.get("profile"), str) and not self.profile_edit.text().strip():
-                self.profile_edit.setText(defaults["profile"])  # the model's shipped profile: compare at once
+            self._offer_shipped_profile(defaults.get("profile"))
             self.show_message(f"model {spec} loaded: {defaults.get('width')}×{defaults.get('height')}, "
                               f"{defaults.get('frames')} frames, {defaults.get('steps')} steps by default")
         self.update_enabled()
+
+    def _offer_shipped_profile(self, shipped: object) -> None:
+        """Make a model's shipped profile the job's profile (compare at once) when the field is empty or
+        holds the previous model's shipped one; never replace a profile the user chose."""
+        text = self.profile_edit.text().strip()
+        if not text or text == self._shipped_profile:
+            self.profile_edit.setText(shipped if isinstance(shipped, str) else "")
+        self._shipped_profile = shipped if isinstance(shipped, str) else None
 
     def _profile_opened(self) -> None:
         profile = self.profile_model.profile

@@ -3,7 +3,7 @@
 ``python fake_engine.py SCENARIO [JOBS_DIR [SHIPPED_PROFILE]]``; every command it reads is echoed to stderr as
 ``got <cmd>`` so tests can see what the studio sent. Scenarios:
 
-- ``ok``: serves load_model (every model "ships" SHIPPED_PROFILE when one is given), compare (a few
+- ``ok``: serves load_model (every model but tiny "ships" SHIPPED_PROFILE when one is given), compare (a few
   slow steps with timing/preview events, real MP4s and a report in JOBS_DIR) and cancel; a compare whose
   prompt contains "crash" exits mid-job (code 3).
 - ``garbage``: like ``ok`` but writes lines that are not protocol messages right after ``ready``.
@@ -102,7 +102,7 @@ def main() -> int:
             send(Event("progress", {"job": message.id, "phase": "load", "step": 0, "total": 1, "eta": None}))
             send(message.reply({"model": message.args["model"],
                                 "defaults": {"height": HEIGHT, "width": WIDTH, "frames": 9, "steps": STEPS,
-                                             **shipped}}))
+                                             **({} if message.args["model"] == "tiny" else shipped)}}))
         elif message.name == "compare":
             cancelled.clear()
             running = message.id

@@ -75,6 +75,14 @@ def test_a_models_shipped_profile_is_shown_and_becomes_the_jobs_profile(dark_app
     assert win.model.profile is not None and win.model.profile.path == small_profile
     assert win.job_panel.profile_edit.text() == str(small_profile)
     assert win.settings.value("recent_folder") is None, "a bundled profile's folder is not the user's folder"
+    panel = win.job_panel
+    panel.set_model("tiny")  # ships none: the demo's profile would not fit it
+    qtbot.waitUntil(lambda: win.runner.loaded_model == "tiny" and not win.runner.busy, timeout=20_000)
+    assert panel.profile_edit.text() == ""
+    panel.profile_edit.setText(str(tmp_path / "mine.safetensors"))  # the user's choice is never replaced
+    panel.set_model("demo")
+    qtbot.waitUntil(lambda: win.runner.loaded_model == "demo" and not win.runner.busy, timeout=20_000)
+    assert panel.profile_edit.text() == str(tmp_path / "mine.safetensors")
 
 
 def test_impossible_request_is_refused_with_a_message_and_nothing_is_sent(fake_window, qtbot, small_profile):
