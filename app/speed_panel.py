@@ -60,12 +60,7 @@ class SpeedPanel(QWidget):
         numbers = QHBoxLayout()
         for caption, label in (("speedup, last step", self.current_label),
                                ("speedup, whole run (Σ dense / Σ sparse)", self.overall_label)):
-            box = QVBoxLayout()
-            small = QLabel(caption)
-            small.setStyleSheet(f"color: {theme.DIM_TEXT};")
-            box.addWidget(small)
-            box.addWidget(label)
-            numbers.addLayout(box)
+            numbers.addLayout(theme.captioned(caption, label))
             numbers.addSpacing(32)
         numbers.addStretch(1)
         layout = QVBoxLayout(self)

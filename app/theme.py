@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyqtgraph as pg
 from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QLabel, QVBoxLayout, QWidget
 
 WINDOW = "#1e1f22"
 BASE = "#16171a"
@@ -21,6 +21,16 @@ WARNING_BACKGROUND = "#5a2a27"  # the "engine stopped" banner
 MASK_OUTLINE = (124, 245, 255, 200)
 MASS_COLORMAP = "inferno"
 DENSITY_COLORMAP = "viridis"
+
+
+def captioned(caption: str, value: QWidget) -> QVBoxLayout:
+    """A readout under a small dim caption: the big numbers of the threshold and speed panels."""
+    box = QVBoxLayout()
+    small = QLabel(caption)
+    small.setStyleSheet(f"color: {DIM_TEXT};")
+    box.addWidget(small)
+    box.addWidget(value)
+    return box
 
 
 def configure_pyqtgraph() -> None:

@@ -82,12 +82,7 @@ class ThresholdPanel(QWidget):
 
         big = QHBoxLayout()
         for caption, label in (("density", self.density_label), ("predicted speedup", self.speedup_label)):
-            box = QVBoxLayout()
-            small = QLabel(caption)
-            small.setStyleSheet(f"color: {theme.DIM_TEXT};")
-            box.addWidget(small)
-            box.addWidget(label)
-            big.addLayout(box)
+            big.addLayout(theme.captioned(caption, label))
 
         row = QHBoxLayout()
         row.addWidget(self.slider, 1)
