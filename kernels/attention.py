@@ -78,9 +78,10 @@ def choose_backend(device: torch.device | str, backend: str = "auto") -> str:
 
 
 # Above this fraction of kept blocks a layer runs faster through the best dense kernel than sparse on this
-# backend (measured side by side: CPU path at the demo shape S=2048, H=4, D=64, blocks of 128: 1.19x at 0.5,
-# 0.91x at 0.7; our Triton kernel on an H100 at S=32 760 reaches cuDNN dense near 0.65; flash-attn-4's
-# sparse path matches its dense time at density 1, docs/benchmarks/kernels-h100.json).
+# backend (measured side by side: CPU path at the demo shape S=2048, H=4, D=64, blocks of 128, 2 threads:
+# 1.18-1.28x at 0.5, 1.03-1.05x at 0.6, 0.87x at 0.7; our Triton kernel on an H100 at S=32 760 reaches
+# cuDNN dense near 0.65; flash-attn-4's sparse path matches its dense time at density 1,
+# docs/benchmarks/kernels-h100.json).
 DENSE_ABOVE = {"cpu": 0.6, "triton": 0.65, "flex": 0.6, "fa4": 1.0, "reference": 1.0}
 
 
