@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from calibstudio.engine.atomic import atomic_write
+from calibstudio.engine.machine import device_name
 from calibstudio.engine.models.base import Conditioning
 from calibstudio.engine.models.demo import captions
 from calibstudio.engine.models.demo.adherence import score_clips
@@ -126,9 +127,10 @@ def train(args: argparse.Namespace) -> dict:
         print(f"resuming at step {resumed_at} ({state['elapsed_s'] / 60:.1f} min trained so far)", flush=True)
     pipe.to(device)
     modules = torch.nn.ModuleDict({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder})
-    ema = {k: v.detach().clone().float() for k, v in pipe.state_dict().items()}
     if resumed_at:
         ema = {k: v.to(device) for k, v in _load_weights(out / "ema.safetensors").items()}
+    else:
+        ema = {k: v.detach().clone().float() for k, v in pipe.state_dict().items()}
     optimizer = torch.optim.AdamW(modules.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     forward = torch.compile(pipe.transformer) if args.compile else pipe.transformer
     data = ProceduralClips(args.seed, pipe.vocab, args.steps * args.batch)
@@ -206,7 +208,7 @@ def train(args: argparse.Namespace) -> dict:
             result["held_out_adherence"] = score_clips(list(clips), prompts)
             print("held-out adherence:", json.dumps(result["held_out_adherence"]), flush=True)
         card = {**result, "seed": args.seed, "batch": args.batch, "lr": args.lr, "ema": args.ema,
-                "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}
+                "device": device_name(device), "torch": torch.__version__}
         save_demo(pipe, out / "demo_model", card)
     if log_file.is_file() and args.plot:
         _plot_loss(log_file, out / "loss.png")
