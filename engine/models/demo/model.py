@@ -90,14 +90,19 @@ class DemoPipeline:
         return self.text_encoder(ids)
 
 
-def save_demo(pipe: DemoPipeline, folder: str | Path, card: dict[str, Any] | None = None) -> Path:
-    """Write the shipped form: fp16 weights and ``config.json`` (atomically, each file)."""
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """``state`` as one fp16 safetensors file, written atomically (shipped weights and training checkpoints)."""
     from safetensors.torch import save_file
 
+    weights = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in state.items()}
+    atomic_write(path, lambda tmp: save_file(weights, tmp))
+
+
+def save_demo(pipe: DemoPipeline, folder: str | Path, card: dict[str, Any] | None = None) -> Path:
+    """Write the shipped form: fp16 weights and ``config.json`` (atomically, each file)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in pipe.state_dict().items()}
-    atomic_write(folder / WEIGHTS, lambda tmp: save_file(weights, tmp))
+    save_weights(pipe.state_dict(), folder / WEIGHTS)
     config = {"name": NAME, "transformer": TRANSFORMER_CONFIG, "text_encoder": TEXT_CONFIG, "vocab": pipe.vocab,
               "scheduler_shift": SCHEDULER_SHIFT, "defaults": DEFAULTS, "training": card or {}}
     atomic_write(folder / CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=1)))

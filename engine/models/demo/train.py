@@ -30,7 +30,13 @@ from calibstudio.engine.machine import device_name
 from calibstudio.engine.models.base import Conditioning
 from calibstudio.engine.models.demo import captions
 from calibstudio.engine.models.demo.adherence import score_clips
-from calibstudio.engine.models.demo.model import DemoAdapter, DemoPipeline, clip_to_latents, save_demo
+from calibstudio.engine.models.demo.model import (
+    DemoAdapter,
+    DemoPipeline,
+    clip_to_latents,
+    save_demo,
+    save_weights,
+)
 from calibstudio.engine.models.demo.text import UNK, tokenize
 from calibstudio.engine.trajectory import Trajectory
 
@@ -74,13 +80,6 @@ def lr_at(step: int, args: argparse.Namespace, resumed_at: int) -> float:
     warm = min(1.0, (step + 1) / args.warmup, (step - resumed_at + 1) / REWARM_STEPS if resumed_at else 1.0)
     progress = min(1.0, step / args.steps)
     return args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _save_weights(module_state: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    weights = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in module_state.items()}
-    atomic_write(path, lambda tmp: save_file(weights, tmp))
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -144,8 +143,8 @@ def train(args: argparse.Namespace) -> dict:
     step, started, losses = resumed_at, time.perf_counter(), []
 
     def save() -> None:
-        _save_weights(pipe.state_dict(), out / "raw.safetensors")
-        _save_weights(ema, out / "ema.safetensors")
+        save_weights(pipe.state_dict(), out / "raw.safetensors")
+        save_weights(ema, out / "ema.safetensors")
         state.update(step=step, steps=args.steps, lr=args.lr, elapsed_s=state_elapsed())
         atomic_write(state_file, lambda tmp: tmp.write_text(json.dumps(state, indent=1)))
 
