@@ -31,6 +31,8 @@ from calibstudio.engine.models.base import Conditioning
 from calibstudio.engine.models.demo import captions
 from calibstudio.engine.models.demo.adherence import score_clips
 from calibstudio.engine.models.demo.model import (
+    CONFIG,
+    WEIGHTS,
     DemoAdapter,
     DemoPipeline,
     clip_to_latents,
@@ -119,6 +121,11 @@ def train(args: argparse.Namespace) -> dict:
     state_file, log_file = out / "state.json", out / "train_log.jsonl"
     state = {"step": 0, "elapsed_s": 0.0, "seed": args.seed, "batch": args.batch, "steps": args.steps}
     resumed_at = 0
+    if args.init and not (args.resume and state_file.is_file()):
+        init = Path(args.init)
+        pipe.load_state_dict(_load_weights(init / WEIGHTS))
+        state["init"] = {"folder": str(init), **json.loads((init / CONFIG).read_text()).get("training", {})}
+        print(f"fine-tuning the model in {init}", flush=True)
     if args.resume and state_file.is_file():
         state = json.loads(state_file.read_text())
         pipe.load_state_dict(_load_weights(out / "raw.safetensors"))
@@ -208,6 +215,8 @@ def train(args: argparse.Namespace) -> dict:
             print("held-out adherence:", json.dumps(result["held_out_adherence"]), flush=True)
         card = {**result, "seed": args.seed, "batch": args.batch, "lr": args.lr, "ema": args.ema,
                 "device": device_name(device), "torch": torch.__version__}
+        if "init" in state:
+            card["init"] = state["init"]
         save_demo(pipe, out / "demo_model", card)
     if log_file.is_file() and args.plot:
         _plot_loss(log_file, out / "loss.png")
@@ -228,6 +237,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer (GPU)")
     p.add_argument("--max-minutes", type=float, default=8.0, help="stop and checkpoint after this long")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--init", help="start from the weights of a saved demo model folder (fine-tune) instead of random")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--eval-clips", type=int, default=100, help="held-out captions scored at the end")

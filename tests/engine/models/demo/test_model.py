@@ -103,3 +103,15 @@ def test_training_checkpoints_resumes_and_exports_a_loadable_model(tmp_path):
     assert [row["step"] for row in log] == [1, 2, 3] and all(np.isfinite(row["loss"]) for row in log)
     assert json.loads((tmp_path / "state.json").read_text())["step"] == 3
     assert load_demo(tmp_path / "demo_model").transformer.config.num_layers >= 1
+
+
+def test_fine_tuning_starts_from_a_saved_model_and_records_it(tmp_path):
+    from calibstudio.engine.models.demo.train import parse_args, train
+
+    train(parse_args(["--out", str(tmp_path), "--batch", "1", "--workers", "0", "--steps", "1", "--lr", "0",
+                      "--eval-clips", "0", "--init", str(default_folder())]))
+    tuned = load_demo(tmp_path / "demo_model")
+    shipped = load_demo().state_dict()
+    assert all(torch.equal(v, shipped[k]) for k, v in tuned.state_dict().items())  # lr 0: the shipped weights
+    card = json.loads((tmp_path / "demo_model" / "config.json").read_text())["training"]
+    assert card["init"]["step"] == json.loads((default_folder() / "config.json").read_text())["training"]["step"]
