@@ -181,11 +181,7 @@ class EngineClient(QObject):
             except RuntimeError:
                 pass
             process.closeWriteChannel()
-            if not process.waitForFinished(timeout_ms):
-                process.kill()
-                process.waitForFinished(1000)
-        process.deleteLater()
-        self._set_state(STOPPED)
+        self._dispose(process, grace_ms=timeout_ms)
 
     def restart(self) -> None:
         """Stop whatever runs (quickly: it may be hung) and start afresh."""
@@ -205,14 +201,18 @@ class EngineClient(QObject):
         process = self._detach()
         if process is None:
             return
-        if process.state() != QProcess.ProcessState.NotRunning:
+        self.last_reason = reason
+        self._dispose(process)
+        log.warning("engine stopped: %s", reason)
+        self.stopped.emit(reason)
+
+    def _dispose(self, process: QProcess, grace_ms: int = 0) -> None:
+        """Kill ``process`` unless it exits within ``grace_ms``, free it, and say the client is stopped."""
+        if process.state() != QProcess.ProcessState.NotRunning and not process.waitForFinished(grace_ms):
             process.kill()
             process.waitForFinished(1000)
         process.deleteLater()
-        self.last_reason = reason
-        log.warning("engine stopped: %s", reason)
         self._set_state(STOPPED)
-        self.stopped.emit(reason)
 
     def _start_timed_out(self) -> None:
         if self._state == STARTING:

@@ -195,11 +195,20 @@ def _job_parser(commands: argparse._SubParsersAction, name: str, text: str) -> a
     return job
 
 
+def _threshold_option(parser: argparse.ArgumentParser, default: float | None) -> None:
+    tail = f" (default {default})" if default is not None else ""
+    parser.add_argument("--threshold", "-t", type=float, default=default,
+                        help=f"retained-mass threshold in 0.90..0.9999{tail}")
+
+
+def _backend_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="auto", help="attention backend: auto, fa4, triton, flex, cpu")
+
+
 def _sparse_options(job: argparse.ArgumentParser, profile_help: str) -> None:
     job.add_argument("--profile", help=f"calibration profile (.safetensors); {profile_help}")
-    job.add_argument("--threshold", "-t", type=float, default=0.999,
-                     help="retained-mass threshold in 0.90..0.9999 (default 0.999)")
-    job.add_argument("--backend", default="auto", help="attention backend: auto, fa4, triton, flex, cpu")
+    _threshold_option(job, 0.999)
+    _backend_option(job)
     job.add_argument("--warmup", type=int, default=0, help="dense warm-up steps before timing (default 0)")
     job.add_argument("--prompt", required=True, help="text prompt")
 
@@ -229,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     studio.add_argument("--profile", help="calibration profile to open (.safetensors)")
     studio.add_argument("--screenshot", metavar="PNG", help="save a PNG of the window (offscreen) and exit")
     studio.add_argument("--settings", metavar="FILE", help="settings file to use instead of the user's")
-    studio.add_argument("--threshold", "-t", type=float, help="retained-mass threshold in 0.90..0.9999")
+    _threshold_option(studio, None)
     studio.add_argument("--bin", type=int, help="step bin to show")
     studio.add_argument("--layer", type=int, help="layer to show")
     studio.add_argument("--head", type=int, help="head to show")
@@ -258,12 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("prompts", metavar="PROMPTS_FILE", help="captions, one a line")
     evaluate.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
     evaluate.add_argument("--profile", help="calibration profile (default: the one shipped with the demo model)")
-    evaluate.add_argument("--threshold", "-t", type=float, default=0.99,
-                          help="retained-mass threshold in 0.90..0.9999 (default 0.99)")
+    _threshold_option(evaluate, 0.99)
     evaluate.add_argument("--model", default="demo", help="model (default: the bundled demo model)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the first caption; caption i uses seed+i")
     evaluate.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    evaluate.add_argument("--backend", default="auto", help="attention backend: auto, fa4, triton, flex, cpu")
+    _backend_option(evaluate)
     evaluate.set_defaults(run=_job("eval"))
 
     bench = commands.add_parser("bench", help="benchmarks that write JSON under docs/benchmarks/",
@@ -285,8 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Density per layer and head and retained attention mass (mean over "
                                           "calibration prompts and worst prompt) at a retained-mass threshold.")
     show.add_argument("file", help="profile file (.safetensors)")
-    show.add_argument("--threshold", "-t", type=float, default=0.999,
-                      help="retained-mass threshold in 0.90..0.9999 (default 0.999)")
+    _threshold_option(show, 0.999)
     show.add_argument("--bin", type=int, help="one step bin (default: all bins, weighted by their steps)")
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")
     show.set_defaults(run=_profile_show)
