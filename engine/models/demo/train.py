@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -27,15 +28,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from calibstudio.engine.atomic import atomic_write
 from calibstudio.engine.machine import device_name
-from calibstudio.engine.models.base import Conditioning
+from calibstudio.engine.models.base import Conditioning, ModelLoadError
 from calibstudio.engine.models.demo import captions
 from calibstudio.engine.models.demo.adherence import score_clips
 from calibstudio.engine.models.demo.model import (
     CONFIG,
-    WEIGHTS,
     DemoAdapter,
     DemoPipeline,
     clip_to_latents,
+    load_demo,
     save_demo,
     save_weights,
 )
@@ -123,7 +124,7 @@ def train(args: argparse.Namespace) -> dict:
     resumed_at = 0
     if args.init and not (args.resume and state_file.is_file()):
         init = Path(args.init)
-        pipe.load_state_dict(_load_weights(init / WEIGHTS))
+        pipe.load_state_dict(load_demo(init).state_dict())  # load_demo: one clear error for a wrong folder
         state["init"] = {"folder": str(init), **json.loads((init / CONFIG).read_text()).get("training", {})}
         print(f"fine-tuning the model in {init}", flush=True)
     if args.resume and state_file.is_file():
@@ -249,7 +250,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(json.dumps(train(parse_args(argv))), flush=True)
+    try:
+        result = train(parse_args(argv))
+    except ModelLoadError as error:  # --init names no demo model
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result), flush=True)
     return 0
 
 

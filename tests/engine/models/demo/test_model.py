@@ -115,3 +115,11 @@ def test_fine_tuning_starts_from_a_saved_model_and_records_it(tmp_path):
     assert all(torch.equal(v, shipped[k]) for k, v in tuned.state_dict().items())  # lr 0: the shipped weights
     card = json.loads((tmp_path / "demo_model" / "config.json").read_text())["training"]
     assert card["init"]["step"] == json.loads((default_folder() / "config.json").read_text())["training"]["step"]
+
+
+def test_fine_tuning_from_a_folder_without_a_model_is_one_clear_error(tmp_path, capsys):
+    from calibstudio.engine.models.demo.train import main
+
+    assert main(["--out", str(tmp_path / "run"), "--workers", "0", "--init", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the demo model in") and "lacks config.json, model.safetensors" in err
