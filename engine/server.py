@@ -164,8 +164,8 @@ class Server:
         model = self._model()
         self._progress.update("load", 1, 1)
         defaults: dict[str, Any] = dict(model.defaults)
-        if model.profile is not None and model.profile.is_file():
-            defaults["profile"] = str(model.profile)  # compare and sparse generate use it when given none
+        if model.available_profile is not None:
+            defaults["profile"] = str(model.available_profile)  # compare and sparse generate use it when given none
         return {"model": self.model_spec, "defaults": defaults}
 
     def job_calibrate(self, command: Command, folder: Path) -> dict:

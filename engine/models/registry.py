@@ -23,11 +23,16 @@ class LoadedModel:
     prompts: str = "calibration_prompts.txt"  # in calibstudio.resources
     profile: Path | None = None  # a calibration profile shipped with the model
 
+    @property
+    def available_profile(self) -> Path | None:
+        """The shipped profile if the model has one and it is on disk (a damaged install may lack it)."""
+        return self.profile if self.profile is not None and self.profile.is_file() else None
+
     def shipped_profile(self, given: str | None) -> str | Path:
         """``given``, else the model's shipped profile; a clear error when there is neither."""
         if given:
             return given
-        if self.profile is None or not self.profile.is_file():
+        if self.available_profile is None:
             raise ValueError("this model ships no calibration profile: give one (--profile, or a 'profile' path "
                              "in the engine request), or make one with "
                              "`calibstudio calibrate --out PROFILE`")

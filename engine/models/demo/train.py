@@ -121,13 +121,13 @@ def train(args: argparse.Namespace) -> dict:
     pipe = DemoPipeline.fresh(args.seed)
     state_file, log_file = out / "state.json", out / "train_log.jsonl"
     state = {"step": 0, "elapsed_s": 0.0, "seed": args.seed, "batch": args.batch, "steps": args.steps}
-    resumed_at = 0
-    if args.init and not (args.resume and state_file.is_file()):
+    resumed_at, resuming = 0, args.resume and state_file.is_file()
+    if args.init and not resuming:
         init = Path(args.init)
         pipe.load_state_dict(load_demo(init).state_dict())  # load_demo: one clear error for a wrong folder
         state["init"] = {"folder": str(init), **json.loads((init / CONFIG).read_text()).get("training", {})}
         print(f"fine-tuning the model in {init}", flush=True)
-    if args.resume and state_file.is_file():
+    if resuming:
         state = json.loads(state_file.read_text())
         pipe.load_state_dict(_load_weights(out / "raw.safetensors"))
         resumed_at = state["step"]
