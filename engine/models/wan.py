@@ -13,6 +13,7 @@ import torch
 from diffusers.models.transformers.transformer_wan import WanAttention, _get_qkv_projections
 
 from calibstudio.engine.models.base import Conditioning, ModelLoadError
+from calibstudio.kernels.norm_rope import norm_rope
 
 if TYPE_CHECKING:
     from diffusers import WanPipeline
@@ -28,16 +29,6 @@ REQUIRED = {
     "text_encoder/config.json": "the text encoder config",
     "tokenizer": "the tokenizer folder",
 }
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Wan's interleaved RoPE, as in diffusers' ``WanAttnProcessor``."""
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = cos[..., 0::2], sin[..., 1::2]
-    out = torch.empty_like(x)
-    out[..., 0::2] = x1 * cos - x2 * sin
-    out[..., 1::2] = x1 * sin + x2 * cos
-    return out.type_as(x)
 
 
 class WanSelfAttnProcessor:
@@ -56,11 +47,13 @@ class WanSelfAttnProcessor:
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
-        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:  # Wan always passes it: norm and RoPE fused into one kernel on CUDA
+            query = norm_rope(query, attn.norm_q, attn.heads, *rotary_emb)
+            key = norm_rope(key, attn.norm_k, attn.heads, *rotary_emb)
+        else:
+            query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
+            key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
         value = value.unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query, key = _rotate(query, *rotary_emb), _rotate(key, *rotary_emb)
         out = self.hook.attend(self.layer, query, key, value).flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 

@@ -8,6 +8,7 @@ from calibstudio.kernels.cpu import cpu_sparse_attention
 from calibstudio.kernels.layout import BlockLayout, EmptyRowError
 from calibstudio.kernels.masks import random_block_mask, video_block_mask
 from calibstudio.kernels.mass import torch_block_mass, triton_block_mass
+from calibstudio.kernels.norm_rope import fusable, norm_rope, norm_rope_reference
 from calibstudio.kernels.reference import reference_attention, reference_block_mass, reference_lse
 from calibstudio.kernels.triton_fwd import FwdConfig, triton_sparse_attention
 
@@ -184,3 +185,43 @@ def test_triton_fwd_interpreted_tma_path(B, S):
     out, lse = triton_sparse_attention(q, k, v, lay, return_lse=True, config=cfg)
     torch.testing.assert_close(out, reference_attention(q, k, v, lay), atol=1e-4, rtol=0)
     torch.testing.assert_close(lse, reference_lse(q, k, lay), atol=1e-4, rtol=0)
+
+
+def _wan_qk(B, S, H, D, dtype, seed):
+    """A Wan q/k projection, its RMSNorm across heads (non-trivial weight) and Wan's rotary tables."""
+    g = torch.Generator().manual_seed(seed)
+    x = (3 * torch.randn(B, S, H * D, generator=g)).to(dtype)
+    norm = torch.nn.RMSNorm(H * D, eps=1e-6).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(0.5 + torch.rand(H * D, generator=g))
+    angle = 40 * torch.rand(1, S, 1, D // 2, generator=g)
+    return x, norm, angle.cos().repeat_interleave(2, -1), angle.sin().repeat_interleave(2, -1)
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="interpreter tests run where there is no GPU")
+@pytest.mark.parametrize("B,S,H,D", [(1, 37, 4, 64), (2, 5, 3, 128)])
+def test_norm_rope_interpreted_matches_diffusers(B, S, H, D):
+    x, norm, cos, sin = _wan_qk(B, S, H, D, torch.float32, S)
+    with torch.no_grad():
+        got = norm_rope(x, norm, H, cos, sin, fused=True)
+        want = norm_rope_reference(x, norm, H, cos, sin)
+    assert got.shape == (B, S, H, D)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="interpreter tests run where there is no GPU")
+def test_norm_rope_interpreted_bf16_strided_rows():
+    qkv, norm, cos, sin = _wan_qk(1, 9, 2, 64, torch.bfloat16, 1)
+    x = torch.cat([qkv, qkv], dim=-1)[..., :128]  # rows strided like a view of a fused QKV projection
+    with torch.no_grad():
+        got = norm_rope(x, norm, 2, cos.bfloat16(), sin.bfloat16(), fused=True)
+        want = norm_rope_reference(x.float(), norm.float(), 2, cos, sin)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.02)  # bf16 rounding of inputs and output
+
+
+def test_norm_rope_runs_diffusers_sequence_off_cuda():
+    x, norm, cos, sin = _wan_qk(1, 6, 2, 32, torch.float32, 3)
+    assert not fusable(x, norm)  # a CPU tensor: diffusers' own sequence, bit for bit
+    torch.testing.assert_close(norm_rope(x, norm, 2, cos, sin), norm_rope_reference(x, norm, 2, cos, sin),
+                               atol=0, rtol=0)
