@@ -2,9 +2,11 @@
 
 The hook owns the *policy* (which step and layer a call belongs to, which layout to use, where
 recorded mass goes); the model adapter owns the *math around* attention (projections, norms,
-RoPE) through a processor installed with diffusers' own ``set_processor``. Installing and removing
-is a context manager that restores the exact processors that were there, so two models in one
-process, or one model hooked twice in turn, do not interfere. Cross-attention is never touched.
+RoPE) through a processor installed with diffusers' own ``set_processor``, and may swap in fused
+forwards of the same math (``fused_forwards``: e.g. a GEMM with its activation in the epilogue).
+Installing and removing is a context manager that restores the exact processors and forwards that
+were there, so two models in one process, or one model hooked twice in turn, do not interfere.
+Cross-attention is never touched.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class AttentionHook:
         self._fixed = layouts  # per layer, for every step (benchmarks with synthetic masks)
         self.dense_fn = dense_fn or dense_attention
         self._saved: list[tuple[torch.nn.Module, object]] = []
+        self._forwards: list[torch.nn.Module] = []
         if profile is not None:
             profile.effective_threshold(threshold)  # a threshold out of range fails here, not mid-job
 
@@ -121,11 +124,17 @@ class AttentionHook:
         for layer, module in self.adapter.self_attention_modules(self.transformer):
             self._saved.append((module, module.processor))
             module.set_processor(self.adapter.make_processor(self, layer))
+        for module, forward in self.adapter.fused_forwards(self.transformer):
+            self._forwards.append(module)
+            module.forward = forward  # an instance attribute: deleting it brings back the class's forward
 
     def remove(self) -> None:
         for module, processor in reversed(self._saved):
             module.set_processor(processor)
         self._saved.clear()
+        for module in self._forwards:
+            del module.forward
+        self._forwards.clear()
 
     def layout(self, bin_index: int, layer: int, device: torch.device) -> BlockLayout | None:
         """The compiled layout of one (step bin, layer), built once per hook.

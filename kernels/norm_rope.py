@@ -50,7 +50,7 @@ def _norm_rope_op(
     torch.library.wrap_triton(_norm_rope_kernel)[(batch * seq_len,)](
         x, weight, cos, sin, out,
         seq_len, x.stride(0), x.stride(1), cos.stride(1), cos.stride(3), sin.stride(1), sin.stride(3), eps,
-        N=n, HALF_D=n // heads // 2, PAIRS=pairs, num_warps=max(1, min(16, pairs // 256)),
+        N=n, HALF_D=n // heads // 2, PAIRS=pairs, num_warps=8 if pairs >= 1024 else 4,
     )
     return out
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -39,6 +39,10 @@ class VideoModelAdapter(Protocol):
 
     def make_processor(self, hook: AttentionHook, layer: int) -> Any:
         """A diffusers attention processor that routes the attention itself through ``hook.attend``."""
+        ...
+
+    def fused_forwards(self, transformer: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, Callable]]:
+        """(module, forward) pairs the hook swaps in while installed: the same math in fewer kernels."""
         ...
 
     def encode(self, pipe: Any, prompt: str, negative_prompt: str | None, guidance_scale: float) -> Conditioning:

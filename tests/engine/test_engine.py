@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -99,6 +100,32 @@ def test_hook_removal_restores_the_processors(pipe, adapter, calibrated):
         assert all(b.attn1.processor is not p for b, (p, _) in zip(pipe.transformer.blocks, before, strict=True))
         assert all(b.attn2.processor is q for b, (_, q) in zip(pipe.transformer.blocks, before, strict=True))
     assert [(b.attn1.processor, b.attn2.processor) for b in pipe.transformer.blocks] == before
+    assert not any("forward" in vars(b.ffn.net[0]) for b in pipe.transformer.blocks)
+
+
+def test_hook_swaps_in_the_fused_ffn_forward_and_takes_it_back(pipe, adapter, calibrated):
+    up = pipe.transformer.blocks[0].ffn.net[0]
+    x = torch.randn(1, 5, up.proj.in_features)
+    want = up(x)
+    with AttentionHook(adapter, pipe.transformer, mode="sparse", profile=calibrated):
+        assert "forward" in vars(up)  # one GEMM with the GELU in its epilogue on CUDA, diffusers' own on the CPU
+        torch.testing.assert_close(up(x), want, atol=0, rtol=0)
+    assert "forward" not in vars(up)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_ffn_forward_matches_diffusers_on_cuda():
+    from diffusers.models.activations import GELU
+
+    from calibstudio.engine.models.wan import _gelu_in_epilogue
+
+    up = GELU(256, 1024, approximate="tanh").cuda().bfloat16()
+    x = torch.randn(2, 300, 256, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        want = copy.deepcopy(up).float()(x.float())
+        got = _gelu_in_epilogue(up)(x)
+    assert got.shape == want.shape and float((got.float() - want).norm() / want.norm()) < 1e-2
 
 
 def test_calibrate_then_sparse_compare(pipe, adapter, calibrated, tmp_path):
