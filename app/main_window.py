@@ -62,11 +62,14 @@ class MainWindow(QMainWindow):
 
     def __init__(self, settings: QSettings, model: ProfileModel | None = None, persist: bool = True,
                  parent: QWidget | None = None, engine: EngineClient | None = None,
-                 start_engine: bool = False) -> None:
+                 start_engine: bool = False, threshold_chosen: bool | None = None) -> None:
         super().__init__(parent)
         self.settings = settings
         self.persist = persist
         self.model = model or ProfileModel(read_float(settings, "threshold", DEFAULT_THRESHOLD))
+        # Whether tau was chosen (command line, the last session, the slider): else a model's recommended
+        # threshold applies when its shipped profile opens by itself.
+        self._threshold_chosen = settings.contains("threshold") if threshold_chosen is None else threshold_chosen
         self.engine = engine or EngineClient.from_settings(settings)
         self.engine.setParent(self)
         self.runner = JobRunner(self.engine, self)
@@ -128,6 +131,7 @@ class MainWindow(QMainWindow):
         self.small_multiples.head_activated.connect(lambda _: self.tabs.setCurrentWidget(self.heatmap))
         self.model.profile_changed.connect(self._on_profile)
         self.model.threshold_changed.connect(self._update_status)
+        self.model.threshold_changed.connect(self._threshold_set)
         self._connect_engine()
         self.job_panel.restore_settings(settings)
         self._restore()
@@ -327,11 +331,17 @@ class MainWindow(QMainWindow):
         if kind == "calibrate" and isinstance(payload.get("profile"), str):
             self.open_profile(payload["profile"])
 
+    def _threshold_set(self, _threshold: float) -> None:
+        self._threshold_chosen = True
+
     def _model_loaded(self, _spec: str, defaults: dict) -> None:
-        """Show the model's shipped profile when nothing is open (and the engine runs on this machine)."""
-        shipped = defaults.get("profile")
+        """Show the model's shipped profile when nothing is open (and the engine runs on this machine), at
+        the model's recommended threshold unless one was chosen."""
+        shipped, recommended = defaults.get("profile"), defaults.get("threshold")
         if self.model.profile is None and isinstance(shipped, str) and Path(shipped).is_file():
-            self.open_profile(shipped, remember=False)
+            chosen = self._threshold_chosen
+            if self.open_profile(shipped, remember=False) and not chosen and isinstance(recommended, float):
+                self.model.set_threshold(recommended)
 
     # -- drag and drop --------------------------------------------------------------------------------------
     @staticmethod

@@ -184,7 +184,8 @@ class Server:
 
         return GenerationSettings(prompt=args["prompt"], seed=args["seed"], **self._settings(args, model),
                                   negative_prompt=args.get("negative_prompt", ""),
-                                  threshold=args.get("threshold", 0.999), warmup_steps=args.get("warmup", 0))
+                                  threshold=args.get("threshold", model.defaults["threshold"]),
+                                  warmup_steps=args.get("warmup", 0))
 
     def job_generate(self, command: Command, folder: Path) -> dict:
         from calibstudio.engine.export import write_mp4

@@ -195,10 +195,13 @@ def _job_parser(commands: argparse._SubParsersAction, name: str, text: str) -> a
     return job
 
 
-def _threshold_option(parser: argparse.ArgumentParser, default: float | None) -> None:
-    tail = f" (default {default})" if default is not None else ""
-    parser.add_argument("--threshold", "-t", type=float, default=default,
-                        help=f"retained-mass threshold in 0.90..0.9999{tail}")
+MODEL_THRESHOLD = "the model's recommended one: 0.9 for the demo model, 0.999 for Wan"
+
+
+def _threshold_option(parser: argparse.ArgumentParser, default: float | str) -> None:
+    """``--threshold``; a string default names a default that the job resolves (the option stays None)."""
+    parser.add_argument("--threshold", "-t", type=float, default=None if isinstance(default, str) else default,
+                        help=f"retained-mass threshold in 0.90..0.9999 (default: {default})")
 
 
 def _backend_option(parser: argparse.ArgumentParser) -> None:
@@ -207,7 +210,7 @@ def _backend_option(parser: argparse.ArgumentParser) -> None:
 
 def _sparse_options(job: argparse.ArgumentParser, profile_help: str) -> None:
     job.add_argument("--profile", help=f"calibration profile (.safetensors); {profile_help}")
-    _threshold_option(job, 0.999)
+    _threshold_option(job, MODEL_THRESHOLD)
     _backend_option(job)
     job.add_argument("--warmup", type=int, default=0, help="dense warm-up steps before timing (default 0)")
     job.add_argument("--prompt", required=True, help="text prompt")
@@ -238,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     studio.add_argument("--profile", help="calibration profile to open (.safetensors)")
     studio.add_argument("--screenshot", metavar="PNG", help="save a PNG of the window (offscreen) and exit")
     studio.add_argument("--settings", metavar="FILE", help="settings file to use instead of the user's")
-    _threshold_option(studio, None)
+    _threshold_option(studio, "the last session's, else the recommended one of the model whose profile opens")
     studio.add_argument("--bin", type=int, help="step bin to show")
     studio.add_argument("--layer", type=int, help="layer to show")
     studio.add_argument("--head", type=int, help="head to show")
@@ -267,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("prompts", metavar="PROMPTS_FILE", help="captions, one a line")
     evaluate.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
     evaluate.add_argument("--profile", help="calibration profile (default: the one shipped with the demo model)")
-    _threshold_option(evaluate, 0.99)
+    _threshold_option(evaluate, MODEL_THRESHOLD)
     evaluate.add_argument("--model", default="demo", help="model (default: the bundled demo model)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the first caption; caption i uses seed+i")
     evaluate.add_argument("--device", help="cuda or cpu (default: cuda when available)")

@@ -75,7 +75,7 @@ def compare(command: Command, jobs: Path, cancelled: threading.Event) -> None:
 def main() -> int:
     scenario = sys.argv[1]
     jobs = Path(sys.argv[2]) if len(sys.argv) > 2 else Path.cwd() / "fake-jobs"
-    shipped = {"profile": sys.argv[3]} if len(sys.argv) > 3 else {}
+    shipped = {"profile": sys.argv[3], "threshold": 0.9} if len(sys.argv) > 3 else {}  # as the demo model
     if scenario == "slow":
         time.sleep(30)
     send(Event("ready", {"engine": f"fake engine ({scenario})"}))

@@ -73,6 +73,7 @@ def test_a_models_shipped_profile_is_shown_and_becomes_the_jobs_profile(dark_app
     qtbot.addWidget(win)
     qtbot.waitUntil(lambda: engine.is_ready and not win.runner.busy, timeout=20_000)
     assert win.model.profile is not None and win.model.profile.path == small_profile
+    assert win.model.threshold == 0.9, "no tau was ever chosen: the model's recommended one applies"
     assert win.job_panel.profile_edit.text() == str(small_profile)
     assert win.settings.value("recent_folder") is None, "a bundled profile's folder is not the user's folder"
     panel = win.job_panel
@@ -83,6 +84,18 @@ def test_a_models_shipped_profile_is_shown_and_becomes_the_jobs_profile(dark_app
     panel.set_model("demo")
     qtbot.waitUntil(lambda: win.runner.loaded_model == "demo" and not win.runner.busy, timeout=20_000)
     assert panel.profile_edit.text() == str(tmp_path / "mine.safetensors")
+
+
+def test_a_remembered_threshold_is_kept_when_a_shipped_profile_opens(dark_app, qtbot, settings_file, tmp_path,
+                                                                    small_profile):
+    settings = open_settings(settings_file)
+    settings.setValue("threshold", 0.99)
+    engine = EngineClient([sys.executable, FAKE, "ok", str(tmp_path / "jobs"), str(small_profile)])
+    win = MainWindow(settings, engine=engine, start_engine=True)
+    qtbot.addWidget(win)
+    qtbot.waitUntil(lambda: engine.is_ready and not win.runner.busy and win.model.profile is not None,
+                    timeout=20_000)
+    assert win.model.threshold == 0.99
 
 
 def test_impossible_request_is_refused_with_a_message_and_nothing_is_sent(fake_window, qtbot, small_profile):

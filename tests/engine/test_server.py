@@ -112,9 +112,10 @@ def test_a_model_with_a_shipped_profile_compares_without_one(engine):
     engine.send({"cmd": "load_model", "id": "demo", "model": "demo"})
     reply = engine.until(lambda e: e["event"] in ("result", "error"))[-1]
     assert Path(reply["payload"]["defaults"]["profile"]).name == "profile.safetensors"
+    assert reply["payload"]["defaults"]["threshold"] == 0.9  # where the demo's diffuse attention gets sparse
     engine.send({"cmd": "load_model", "id": "tiny", "model": "tiny"})
     reply = engine.until(lambda e: e["event"] in ("result", "error"))[-1]
-    assert "profile" not in reply["payload"]["defaults"]
+    assert "profile" not in reply["payload"]["defaults"] and reply["payload"]["defaults"]["threshold"] == 0.999
     engine.send({"cmd": "compare", "id": "cmp", "prompt": "a red circle", "seed": 2})
     reply = engine.until(lambda e: e["event"] in ("result", "error"))[-1]
     assert reply["code"] == "bad_request" and "ships no calibration profile" in reply["message"], reply

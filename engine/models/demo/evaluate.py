@@ -23,20 +23,19 @@ from calibstudio.engine.models.registry import default_device, load_model
 from calibstudio.engine.profile import Profile
 from calibstudio.engine.progress import tqdm_progress
 
-DEFAULT_THRESHOLD = 0.99  # also the CLI default
 
-
-def evaluate(prompts: list[str], profile_path: str | Path | None = None, threshold: float = DEFAULT_THRESHOLD,
+def evaluate(prompts: list[str], profile_path: str | Path | None = None, threshold: float | None = None,
              model: str = "demo", seed: int = 0, device: str | None = None, backend: str = "auto") -> dict[str, Any]:
     """Dense and sparse adherence (fractions), mean PSNR/SSIM of sparse vs dense, and the overall speedup.
 
-    ``profile_path`` None: the profile shipped with the model.
+    ``profile_path`` None: the profile shipped with the model; ``threshold`` None: the model's recommended one.
     """
     if not prompts:
         raise ValueError("no prompts to evaluate (one caption a line)")
     device = device or default_device()
     loaded = load_model(model, device)
     d = loaded.defaults
+    threshold = float(d["threshold"]) if threshold is None else threshold
     dense, sparse, psnrs, ssims, dense_ms, sparse_ms = [], [], [], [], 0.0, 0.0
     with Profile.open(loaded.shipped_profile(profile_path)) as profile:
         density = profile.density(threshold)
@@ -69,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("dense", "sparse"):
         print(f"{name:>6}: " + "  ".join(f"{k} {v:.0%}" for k, v in results[name].items()))
     print(f"sparse vs dense: PSNR {results['psnr']:.1f} dB, SSIM {results['ssim']:.3f}, "
-          f"{results['speedup']:.2f}x faster at density {results['density']:.1%} (threshold {args.threshold})")
+          f"{results['speedup']:.2f}x faster at density {results['density']:.1%} (threshold {results['threshold']})")
     if args.json:
         atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(results, indent=1) + "\n"))
     return 0
