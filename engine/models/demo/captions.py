@@ -300,12 +300,13 @@ def example(
     height: int = DEFAULT_HEIGHT,
     width: int = DEFAULT_WIDTH,
     paraphrase: bool = True,
+    texture: float = 0.0,
 ) -> tuple[np.ndarray, str, Scene]:
     """One (clip uint8 [F, H, W, 3], caption, scene) triple: what the training loop and eval consume.
 
-    The scene, and so the clip, comes from ``sample_scene(rng, split)``; the paraphrase from the
-    scene's own seed, so an example is reproducible from ``scene.seed`` alone.
+    The scene, and so the clip, comes from ``sample_scene(rng, split, texture)``; the paraphrase from
+    the scene's own seed, so an example is reproducible from ``scene.seed`` alone.
     """
-    scene = sample_scene(rng, split)
+    scene = sample_scene(rng, split, texture)
     text = caption(scene, np.random.default_rng([scene.seed, 1]) if paraphrase else None)
     return render(scene, frames, height, width), text, scene

@@ -13,7 +13,7 @@ any frame count or resolution.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -107,7 +107,10 @@ class Scene:
     the whole clip (same units; for bounces the unreflected travel); ``size``: radius at t = 0 as a
     fraction of ``min(height, width)``; ``growth``: radius at t = 1 over radius at t = 0;
     ``target_color``: the colour at t = 1 for ``recolor`` (else None); ``seed``: the seed the scene
-    was sampled from (``sample_scene(seed)`` gives it back), -1 when built by hand.
+    was sampled from (``sample_scene(seed)`` gives it back), -1 when built by hand. ``texture``: peak
+    brightness change (0..255 units) of a smooth random pattern over the background, drawn from
+    ``texture_seed`` and moving by (``pan_x``, ``pan_y``) frame fractions over the clip (a camera pan);
+    0 is a plain background.
     """
 
     shape: str
@@ -122,6 +125,10 @@ class Scene:
     growth: float = 1.0
     target_color: str | None = None
     seed: int = -1
+    texture: float = 0.0
+    texture_seed: int = 0
+    pan_x: float = 0.0
+    pan_y: float = 0.0
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
@@ -139,6 +146,8 @@ class Scene:
             raise ValueError("target_color must differ from the shape's and the background's colour")
         if not self.size > 0 or not self.growth > 0:
             raise ValueError("size and growth must be positive")
+        if not 0.0 <= self.texture <= TEXTURE_MAX:
+            raise ValueError(f"texture must be in 0..{TEXTURE_MAX}")
 
     @property
     def held_out(self) -> bool:
@@ -227,11 +236,13 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str
     return options[int(rng.integers(len(options)))]
 
 
-def sample_scene(rng: np.random.Generator | int, split: str = "train") -> Scene:
+def sample_scene(rng: np.random.Generator | int, split: str = "train", texture: float = 0.0) -> Scene:
     """A random scene; ``split`` is "train" (never a held-out triple), "test" (only those) or "any".
 
     Given a Generator, one seed is drawn from it and the scene is built from that seed alone, so
-    ``sample_scene(scene.seed, split)`` reproduces any scene a training run saw.
+    ``sample_scene(scene.seed, split, texture)`` reproduces any scene a training run saw. ``texture``
+    > 0 adds a background pattern of peak strength between half of it and it, panning at random; the
+    rest of the scene is the same as without it.
     """
     if split not in ("train", "test", "any"):
         raise ValueError(f"split must be 'train', 'test' or 'any', not {split!r}")
@@ -245,10 +256,42 @@ def sample_scene(rng: np.random.Generator | int, split: str = "train") -> Scene:
             if split == "any" or not is_held_out(color, shape, motion):
                 break
     background = _pick(local, [b for b in BACKGROUNDS if compatible(color, b)])
-    return make_scene(local, color=color, shape=shape, background=background, motion=motion, seed=seed)
+    scene = make_scene(local, color=color, shape=shape, background=background, motion=motion, seed=seed)
+    if texture <= 0:
+        return scene
+    extra = np.random.default_rng([seed, 2])  # its own stream: the scene's other draws stay as they were
+    pan_x, pan_y = extra.uniform(-_PAN, _PAN, 2)
+    return replace(scene, texture=float(extra.uniform(0.5, 1.0)) * min(texture, TEXTURE_MAX),
+                   texture_seed=int(extra.integers(2**31)), pan_x=float(pan_x), pan_y=float(pan_y))
 
 
 # --- Rendering --------------------------------------------------------------------------------------
+
+# Background texture: a few plane waves (1.5..6 cycles across the frame) summed and clipped to -1..1,
+# scaled by the scene's ``texture``. sqrt(3) * TEXTURE_MAX stays below the checker's foreground distance
+# (adherence._CANDIDATE, 45), so a textured background never reads as the shape.
+TEXTURE_MAX = 24.0
+_TEXTURE_WAVES, _TEXTURE_CYCLES = 4, (1.5, 6.0)
+_PAN = 0.4  # the most the pattern travels over the clip, per axis, in frame fractions
+
+
+def background(scene: Scene, frames: int = DEFAULT_FRAMES, height: int = DEFAULT_HEIGHT,
+               width: int = DEFAULT_WIDTH) -> np.ndarray:
+    """The background alone, float RGB [F, H, W, 3]: the plain colour, plus the panning pattern if any."""
+    bg = np.broadcast_to(np.asarray(PALETTE[scene.background], dtype=np.float64), (frames, height, width, 3))
+    if scene.texture == 0:
+        return bg
+    rng = np.random.default_rng(scene.texture_seed)
+    angle = rng.uniform(0, 2 * np.pi, _TEXTURE_WAVES)
+    cycles = rng.uniform(*_TEXTURE_CYCLES, _TEXTURE_WAVES)
+    phase = rng.uniform(0, 2 * np.pi, _TEXTURE_WAVES)
+    t = (np.linspace(0.0, 1.0, frames) if frames > 1 else np.zeros(1))[:, None, None, None]
+    x = ((np.arange(width) + 0.5) / width)[None, None, :, None] - scene.pan_x * t
+    y = ((np.arange(height) + 0.5) / height)[None, :, None, None] - scene.pan_y * t
+    waves = np.cos(2 * np.pi * cycles * (np.cos(angle) * x + np.sin(angle) * y) + phase)
+    pattern = np.clip(waves.sum(axis=-1) / 2, -1.0, 1.0)  # [F, H, W]
+    return bg + scene.texture * pattern[..., None]
+
 
 _SUPERSAMPLE = 4  # 4x4 samples per pixel: smooth enough edges for a 64 px clip
 
@@ -371,9 +414,9 @@ def render(
     Deterministic: the pixels depend on the scene's parameters only.
     """
     cx, cy, radius, rgb = trajectory(scene, frames, height, width)
-    bg = np.asarray(PALETTE[scene.background], dtype=np.float64)
+    bg = background(scene, frames, height, width)
     out = np.empty((frames, height, width, 3), dtype=np.float64)
     for f in range(frames):
         cover = shape_coverage(scene.shape, cx[f], cy[f], radius[f], height, width)[..., None]
-        out[f] = bg * (1 - cover) + rgb[f] * cover
+        out[f] = bg[f] * (1 - cover) + rgb[f] * cover
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)

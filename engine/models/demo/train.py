@@ -49,14 +49,14 @@ TEXT_DROPOUT, WORD_DROPOUT, REWARM_STEPS = 0.1, 0.05, 100
 class ProceduralClips(Dataset):
     """Example ``i`` = the clip and a paraphrased caption rendered from ``(seed, i)``."""
 
-    def __init__(self, seed: int, vocab: list[str], length: int, split: str = "train") -> None:
-        self.seed, self.vocab, self.length, self.split = seed, vocab, length, split
+    def __init__(self, seed: int, vocab: list[str], length: int, split: str = "train", texture: float = 0.0) -> None:
+        self.seed, self.vocab, self.length, self.split, self.texture = seed, vocab, length, split, texture
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        clip, text, _ = captions.example(np.random.default_rng([self.seed, i]), self.split)
+        clip, text, _ = captions.example(np.random.default_rng([self.seed, i]), self.split, texture=self.texture)
         return torch.from_numpy(clip), tokenize([text], self.vocab)[0]
 
 
@@ -120,7 +120,8 @@ def train(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     pipe = DemoPipeline.fresh(args.seed)
     state_file, log_file = out / "state.json", out / "train_log.jsonl"
-    state = {"step": 0, "elapsed_s": 0.0, "seed": args.seed, "batch": args.batch, "steps": args.steps}
+    state = {"step": 0, "elapsed_s": 0.0, "seed": args.seed, "batch": args.batch, "steps": args.steps,
+             "texture": args.texture}
     resumed_at, resuming = 0, args.resume and state_file.is_file()
     if args.init and not resuming:
         init = Path(args.init)
@@ -140,7 +141,7 @@ def train(args: argparse.Namespace) -> dict:
         ema = {k: v.detach().clone().float() for k, v in pipe.state_dict().items()}
     optimizer = torch.optim.AdamW(modules.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     forward = torch.compile(pipe.transformer) if args.compile else pipe.transformer
-    data = ProceduralClips(args.seed, pipe.vocab, args.steps * args.batch)
+    data = ProceduralClips(args.seed, pipe.vocab, args.steps * args.batch, texture=state.get("texture", 0.0))
     loader = DataLoader(torch.utils.data.Subset(data, range(resumed_at * args.batch, len(data))),
                         batch_size=args.batch, num_workers=args.workers, pin_memory=device == "cuda",
                         drop_last=True, persistent_workers=args.workers > 0,
@@ -215,7 +216,7 @@ def train(args: argparse.Namespace) -> dict:
             result["held_out_adherence"] = score_clips(list(clips), prompts)
             print("held-out adherence:", json.dumps(result["held_out_adherence"]), flush=True)
         card = {**result, "seed": args.seed, "batch": args.batch, "lr": args.lr, "ema": args.ema,
-                "device": device_name(device), "torch": torch.__version__}
+                "texture": state.get("texture", 0.0), "device": device_name(device), "torch": torch.__version__}
         if "init" in state:
             card["init"] = state["init"]
         save_demo(pipe, out / "demo_model", card)
@@ -236,6 +237,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=12, help="data loader processes rendering clips")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer (GPU)")
+    p.add_argument("--texture", type=float, default=0.0,
+                   help="peak strength (0..24, colour units) of panning background patterns; 0: plain backgrounds "
+                        "as the shipped model; a resumed run keeps its own")
     p.add_argument("--max-minutes", type=float, default=8.0, help="stop and checkpoint after this long")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--init", help="start from the weights of a saved demo model folder (fine-tune) instead of random")

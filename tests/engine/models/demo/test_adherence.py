@@ -27,6 +27,13 @@ def test_recovers_clean_renders(rendered):
     assert min(scores.values()) >= 0.98, scores
 
 
+def test_recovers_renders_with_textured_panning_backgrounds():
+    rng = np.random.default_rng(99)
+    scenes = [sample_scene(rng, "any", texture=24.0) for _ in range(N_SCENES // 2)]
+    scores = score_clips([render(s) for s in scenes], [caption(s, rng) for s in scenes])
+    assert min(scores.values()) >= 0.98, scores
+
+
 def test_recovers_noisy_float_renders(rendered):
     _, texts, clips = rendered
     rng = np.random.default_rng(5)

@@ -1,10 +1,12 @@
 """The procedural clip generator: deterministic, every attribute renders, shapes stay in frame."""
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from calibstudio.engine.models.demo import scenes
 from calibstudio.engine.models.demo.scenes import (
     BACKGROUNDS,
     DEFAULT_FRAMES,
@@ -133,3 +135,19 @@ def test_held_out_triples_never_sampled_for_training():
     assert {(c, s) for c, s, _ in trained} == set(itertools.product(SHAPE_COLORS, SHAPES))
     assert {(c, m) for c, _, m in trained} == set(itertools.product(SHAPE_COLORS, MOTIONS))
     assert {(s, m) for _, s, m in trained} == set(itertools.product(SHAPES, MOTIONS))
+
+
+def test_textured_backgrounds_pan_and_leave_the_scene_alone():
+    plain, textured = sample_scene(77), sample_scene(77, texture=20.0)
+    assert plain.texture == 0 and 10.0 <= textured.texture <= 20.0
+    assert replace(textured, texture=0.0, texture_seed=0, pan_x=0.0, pan_y=0.0) == plain  # same shape, motion
+    assert sample_scene(77, texture=20.0) == textured  # reproducible from the seed
+    bg = scenes.background(textured)
+    flat = np.asarray(PALETTE[textured.background], dtype=np.float64)
+    deviation = np.abs(bg - flat).max(axis=-1)
+    assert deviation.max() <= textured.texture + 1e-9 and deviation.mean() > 0.2 * textured.texture
+    assert not np.allclose(bg[0], bg[-1]), "the pattern pans over the clip"
+    clip = render(textured)
+    assert np.array_equal(clip, render(textured)) and (render(plain) != clip).any()
+    with pytest.raises(ValueError, match="texture"):
+        replace(plain, texture=100.0)
