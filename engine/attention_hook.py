@@ -100,7 +100,7 @@ class AttentionHook:
         self._fixed = layouts  # per layer, for every step (benchmarks with synthetic masks)
         self.dense_fn = dense_fn or dense_attention
         self._saved: list[tuple[torch.nn.Module, object]] = []
-        self._forwards: list[torch.nn.Module] = []
+        self._forwards: list[tuple[torch.nn.Module, Callable | None]] = []  # module, instance forward before
         if profile is not None:
             profile.effective_threshold(threshold)  # a threshold out of range fails here, not mid-job
 
@@ -125,15 +125,18 @@ class AttentionHook:
             self._saved.append((module, module.processor))
             module.set_processor(self.adapter.make_processor(self, layer))
         for module, forward in self.adapter.fused_forwards(self.transformer):
-            self._forwards.append(module)
+            self._forwards.append((module, vars(module).get("forward")))
             module.forward = forward  # an instance attribute: deleting it brings back the class's forward
 
     def remove(self) -> None:
         for module, processor in reversed(self._saved):
             module.set_processor(processor)
         self._saved.clear()
-        for module in self._forwards:
-            del module.forward
+        for module, before in reversed(self._forwards):
+            if before is None:
+                del module.forward
+            else:
+                module.forward = before  # another hook's, installed earlier and still in place
         self._forwards.clear()
 
     def layout(self, bin_index: int, layer: int, device: torch.device) -> BlockLayout | None:

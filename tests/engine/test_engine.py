@@ -108,8 +108,11 @@ def test_hook_swaps_in_the_fused_ffn_forward_and_takes_it_back(pipe, adapter, ca
     x = torch.randn(1, 5, up.proj.in_features)
     want = up(x)
     with AttentionHook(adapter, pipe.transformer, mode="sparse", profile=calibrated):
-        assert "forward" in vars(up)  # one GEMM with the GELU in its epilogue on CUDA, diffusers' own on the CPU
+        outer = vars(up)["forward"]  # one GEMM with the GELU in its epilogue on CUDA, diffusers' own on the CPU
         torch.testing.assert_close(up(x), want, atol=0, rtol=0)
+        with AttentionHook(adapter, pipe.transformer, mode="sparse", profile=calibrated):  # hooked twice
+            assert vars(up)["forward"] is not outer
+        assert vars(up)["forward"] is outer
     assert "forward" not in vars(up)
 
 
