@@ -54,6 +54,24 @@ def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
     return cpu
 
 
+def _breakdown(fn: Callable[[], Any], device: str, top: int = 12) -> list[list[Any]]:
+    """The ``top`` kernels (or CPU ops) of one call by their own time: [[name, ms, calls], ...].
+
+    Where a step's time goes, per variant, so that what is left to optimise is read off the JSON rather
+    than guessed from differences of totals (which vary by ~5% between lent GPUs).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activity = ProfilerActivity.CUDA if device == "cuda" else ProfilerActivity.CPU
+    with profile(activities=[activity]) as prof:
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    own = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, own), reverse=True)[:top]
+    return [[e.key[:120], round(getattr(e, own) / 1e3, 3), e.count] for e in events]
+
+
 def _fa4_dense() -> Callable | None:
     try:
         from flash_attn.cute.interface import flash_attn_func
@@ -81,7 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with torch.device(device):
         model = WanTransformer3DModel(**config, num_layers=args.layers).to(dtype).eval()
     adapter, timer, fa4 = WanAdapter(), _timer(device), _fa4_dense()
-    rows = []
+    rows, breakdown = [], {}
     for res in args.res:
         inputs = _inputs(res, args.frames, config, device, dtype, 4 if args.quick else 1)
         _, _, f, h, w = inputs["hidden_states"].shape
@@ -109,6 +127,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 try:
                     with torch.no_grad():
                         times[name] = timer(lambda forward=forward, inputs=inputs: forward(**inputs))
+                        if args.breakdown:
+                            breakdown[f"{res} {'compiled' if compiled else 'eager'} {name}"] = _breakdown(
+                                lambda forward=forward, inputs=inputs: forward(**inputs), device)
                     print(f"{res} compiled={compiled} {name}: {times[name]:.1f} ms", flush=True)
                 except Exception as error:  # one failing variant must not lose the others' timings
                     print(f"{res} compiled={compiled} {name}: FAILED {type(error).__name__}: {error}", flush=True)
@@ -127,9 +148,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     eager_sdpa = {r["res"]: r["ms_dense"] for r in rows if not r["compiled"]}
     for row in rows:
         row["speedup_vs_eager_sdpa"] = eager_sdpa.get(row["res"], row["ms_dense"]) / row["ms_sparse"]
-    return {"device": device_name(device),
-            "torch": torch.__version__, "layers": args.layers, "backend": args.backend,
-            "config": "tiny" if args.quick else "Wan-2.1-T2V-14B", "rows": rows}
+    report = {"device": device_name(device),
+              "torch": torch.__version__, "layers": args.layers, "backend": args.backend,
+              "config": "tiny" if args.quick else "Wan-2.1-T2V-14B", "rows": rows}
+    if breakdown:
+        report["breakdown_ms"] = breakdown  # per "res mode variant": [[kernel, ms, calls], ...] of one step
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="1 for torch.compile, 0 for eager (default: 0 1)")
     parser.add_argument("--backend", default="auto", help="sparse backend (default auto)")
     parser.add_argument("--quick", action="store_true", help="tiny config at 1/4 size (CPU smoke run)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also profile one step of each variant and record its top kernels (breakdown_ms)")
     args = parser.parse_args(argv)
     report = run(args)
     name = report["device"].replace("NVIDIA ", "").split()[0].lower() if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,28 @@
+"""``calibstudio bench e2e`` end to end on the CPU (tiny config): the JSON contract and the kernel breakdown."""
+
+import json
+
+import pytest
+
+pytest.importorskip("diffusers")
+
+from calibstudio.engine.bench_e2e import main  # noqa: E402
+
+
+def test_quick_run_writes_the_contract_rows_and_a_breakdown(tmp_path):
+    out = tmp_path / "e2e.json"
+    assert main(["--quick", "--res", "480p", "--densities", "1.0", "0.25", "--compiled", "0", "--layers", "1",
+                 "--breakdown", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert {"device", "torch", "rows"} <= set(report) and report["config"] == "tiny"
+    rows = report["rows"]
+    assert [r["density"] for r in rows] == [1.0, 0.25]
+    for row in rows:
+        assert {"res", "frames", "tokens", "density", "compiled", "ms_dense", "ms_sparse", "speedup"} <= set(row)
+        assert row["res"] == "480p" and row["compiled"] is False and row["ms_sparse"] > 0
+        assert row["speedup"] == pytest.approx(row["ms_dense"] / row["ms_sparse"])
+    breakdown = report["breakdown_ms"]
+    assert set(breakdown) == {"480p eager sdpa", "480p eager sparse_1.0", "480p eager sparse_0.25"}
+    top = breakdown["480p eager sparse_0.25"]
+    assert top and all(ms >= 0 and calls >= 1 for _, ms, calls in top)
+    assert [ms for _, ms, _ in top] == sorted((ms for _, ms, _ in top), reverse=True)
