@@ -221,9 +221,9 @@ def _fmt_row(r: dict[str, Any]) -> str:
 
 def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    # Demo-model-like shapes: (S, H, frames x height x width token grid).
-    shapes = [(512, 4, (2, 16, 16))] if args.quick else [(2048, 12, (8, 16, 16)), (3120, 8, (13, 15, 16)),
-                                                          (4096, 8, (16, 16, 16))]
+    # The demo model's own shape first (S=2048, 4 heads), then demo-like ones: (S, H, token grid f x h x w).
+    shapes = [(512, 4, (2, 16, 16))] if args.quick else [(2048, 4, (8, 16, 16)), (2048, 12, (8, 16, 16)),
+                                                          (3120, 8, (13, 15, 16)), (4096, 8, (16, 16, 16))]
     dens = [0.25] if args.quick else [0.5, 0.25, 0.125]
     reps = 3 if args.quick else 7
     rows = []
