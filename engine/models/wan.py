@@ -36,7 +36,7 @@ def _gelu_in_epilogue(module: GELU) -> Callable[[torch.Tensor], torch.Tensor]:
     """Wan's FFN up-projection and its tanh GELU as one cuBLASLt GEMM with a GELU-bias epilogue (on CUDA).
 
     Saves a full pass over the (B, S, ffn_dim) activation, which ``torch.compile`` cannot fuse into
-    cuBLAS: 1.2% of a compiled Wan-14B step at 720p on an H100 (docs/benchmarks/e2e-h100.json).
+    cuBLAS: -4.6 ms of a 396 ms compiled step (4 Wan-14B blocks, 720p, density 1/8) on an H100.
     """
 
     def forward(hidden_states: torch.Tensor) -> torch.Tensor:
