@@ -62,14 +62,14 @@ class MainWindow(QMainWindow):
 
     def __init__(self, settings: QSettings, model: ProfileModel | None = None, persist: bool = True,
                  parent: QWidget | None = None, engine: EngineClient | None = None,
-                 start_engine: bool = False, threshold_chosen: bool | None = None) -> None:
+                 start_engine: bool = False, threshold_given: bool = False) -> None:
         super().__init__(parent)
         self.settings = settings
         self.persist = persist
         self.model = model or ProfileModel(read_float(settings, "threshold", DEFAULT_THRESHOLD))
         # Whether tau was chosen (command line, the last session, the slider): else a model's recommended
         # threshold applies when its shipped profile opens by itself.
-        self._threshold_chosen = settings.contains("threshold") if threshold_chosen is None else threshold_chosen
+        self._threshold_chosen = threshold_given or settings.contains("threshold")
         self.engine = engine or EngineClient.from_settings(settings)
         self.engine.setParent(self)
         self.runner = JobRunner(self.engine, self)
@@ -339,8 +339,8 @@ class MainWindow(QMainWindow):
         the model's recommended threshold unless one was chosen."""
         shipped, recommended = defaults.get("profile"), defaults.get("threshold")
         if self.model.profile is None and isinstance(shipped, str) and Path(shipped).is_file():
-            chosen = self._threshold_chosen
-            if self.open_profile(shipped, remember=False) and not chosen and isinstance(recommended, float):
+            opened = self.open_profile(shipped, remember=False)
+            if opened and not self._threshold_chosen and isinstance(recommended, float):
                 self.model.set_threshold(recommended)
 
     # -- drag and drop --------------------------------------------------------------------------------------

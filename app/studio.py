@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = ProfileModel(args.threshold if args.threshold is not None
                          else read_float(settings, "threshold", 0.999))
     window = MainWindow(settings, model, persist=not args.screenshot, start_engine=not args.screenshot,
-                        threshold_chosen=args.threshold is not None or settings.contains("threshold"))
+                        threshold_given=args.threshold is not None)
     if args.profile:
         try:
             model.open(args.profile)

@@ -34,11 +34,6 @@ def read_prompts(path: str | None, bundled: str = "calibration_prompts.txt") -> 
     return prompts
 
 
-def threshold_of(args: argparse.Namespace, model: LoadedModel) -> float:
-    """``--threshold``, else the model's recommended one (0.9 for the demo model, 0.999 for Wan)."""
-    return args.threshold if args.threshold is not None else float(model.defaults["threshold"])
-
-
 def _size(args: argparse.Namespace, model: LoadedModel) -> dict:
     d = model.defaults
     return {key: getattr(args, key) if getattr(args, key) is not None else d[key]
@@ -59,7 +54,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 def _generation(args: argparse.Namespace, model: LoadedModel) -> GenerationSettings:
     return GenerationSettings(prompt=args.prompt, **_size(args, model), seed=args.seed,
-                              negative_prompt=args.negative_prompt, threshold=threshold_of(args, model),
+                              negative_prompt=args.negative_prompt, threshold=model.threshold(args.threshold),
                               warmup_steps=args.warmup)
 
 

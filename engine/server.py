@@ -184,7 +184,7 @@ class Server:
 
         return GenerationSettings(prompt=args["prompt"], seed=args["seed"], **self._settings(args, model),
                                   negative_prompt=args.get("negative_prompt", ""),
-                                  threshold=args.get("threshold", model.defaults["threshold"]),
+                                  threshold=model.threshold(args.get("threshold")),
                                   warmup_steps=args.get("warmup", 0))
 
     def job_generate(self, command: Command, folder: Path) -> dict:

@@ -109,13 +109,12 @@ def test_parser_is_one_object():
 
 def test_jobs_use_the_models_recommended_threshold_unless_given():
     pytest.importorskip("diffusers")
-    from calibstudio.engine.jobs_cli import threshold_of
     from calibstudio.engine.models.registry import WAN_DEFAULTS, LoadedModel
 
     model = LoadedModel(pipe=None, adapter=None, defaults={**WAN_DEFAULTS, "threshold": 0.9})
     compare = ["compare", "--prompt", "x", "--out-dir", "out"]
-    assert threshold_of(build_parser().parse_args(compare), model) == 0.9
-    assert threshold_of(build_parser().parse_args([*compare, "-t", "0.95"]), model) == 0.95
+    assert model.threshold(build_parser().parse_args(compare).threshold) == 0.9
+    assert model.threshold(build_parser().parse_args([*compare, "-t", "0.95"]).threshold) == 0.95
     assert "recommended" in run("compare", "--help").stdout
 
 

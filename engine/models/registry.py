@@ -28,6 +28,10 @@ class LoadedModel:
         """The shipped profile if the model has one and it is on disk (a damaged install may lack it)."""
         return self.profile if self.profile is not None and self.profile.is_file() else None
 
+    def threshold(self, given: float | None) -> float:
+        """``given``, else the model's recommended threshold (0.9 for the demo model, 0.999 for Wan)."""
+        return float(self.defaults["threshold"]) if given is None else given
+
     def shipped_profile(self, given: str | None) -> str | Path:
         """``given``, else the model's shipped profile; a clear error when there is neither."""
         if given:

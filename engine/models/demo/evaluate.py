@@ -35,7 +35,7 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
     device = device or default_device()
     loaded = load_model(model, device)
     d = loaded.defaults
-    threshold = float(d["threshold"]) if threshold is None else threshold
+    threshold = loaded.threshold(threshold)
     dense, sparse, psnrs, ssims, dense_ms, sparse_ms = [], [], [], [], 0.0, 0.0
     with Profile.open(loaded.shipped_profile(profile_path)) as profile:
         density = profile.density(threshold)
