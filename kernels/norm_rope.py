@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["fusable", "norm_rope", "norm_rope_reference"]
+__all__ = ["fusable", "needs_autograd", "norm_rope", "norm_rope_reference"]
 
 
 @triton.jit
@@ -92,10 +92,17 @@ def norm_rope_reference(
 
 
 def fusable(x: torch.Tensor, norm: torch.nn.Module) -> bool:
-    """Whether :func:`norm_rope` applies: a CUDA tensor and an affine ``torch.nn.RMSNorm`` over its channels."""
+    """Whether :func:`norm_rope` applies: a CUDA tensor, an affine ``torch.nn.RMSNorm`` over its channels,
+    and no gradient wanted (the kernel has no backward: training through the hook takes diffusers' path)."""
     return (
         x.is_cuda
         and isinstance(norm, torch.nn.RMSNorm)
         and norm.weight is not None
         and tuple(norm.normalized_shape) == (x.shape[-1],)
+        and not needs_autograd(x, norm.weight)
     )
+
+
+def needs_autograd(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will record an op on ``tensors`` (then forward-only fused kernels must step aside)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

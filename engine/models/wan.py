@@ -14,7 +14,7 @@ from diffusers.models.activations import GELU
 from diffusers.models.transformers.transformer_wan import WanAttention, _get_qkv_projections
 
 from calibstudio.engine.models.base import Conditioning, ModelLoadError
-from calibstudio.kernels.norm_rope import norm_rope
+from calibstudio.kernels.norm_rope import needs_autograd, norm_rope
 
 if TYPE_CHECKING:
     from diffusers import WanPipeline
@@ -40,7 +40,8 @@ def _gelu_in_epilogue(module: GELU) -> Callable[[torch.Tensor], torch.Tensor]:
     """
 
     def forward(hidden_states: torch.Tensor) -> torch.Tensor:
-        if not hidden_states.is_cuda:  # the CPU's addmm epilogue is not guaranteed to be the tanh GELU
+        # The CPU's addmm epilogue is not guaranteed to be the tanh GELU; the fused op has no backward.
+        if not hidden_states.is_cuda or needs_autograd(hidden_states, module.proj.weight, module.proj.bias):
             return GELU.forward(module, hidden_states)
         out = torch._addmm_activation(module.proj.bias, hidden_states.flatten(0, -2), module.proj.weight.t(),
                                       use_gelu=True)

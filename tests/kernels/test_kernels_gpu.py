@@ -117,3 +117,18 @@ def test_norm_rope_gpu_matches_diffusers_eager_and_compiled(D):
         eager = norm_rope(x, norm, H, cos, sin)
         compiled = torch.compile(lambda x: norm_rope(x, norm, H, cos, sin) * 1, fullgraph=True)(x)
     assert _rel(eager, want) < 1e-2 and _rel(compiled, want) < 1e-2
+
+
+def test_norm_rope_gpu_trains_through_diffusers_path():
+    """The fused kernel has no backward: when a gradient is wanted (fine-tuning through the hook) it steps aside."""
+    H, D, S = 4, 64, 256
+    x = torch.randn(1, S, H * D, device="cuda", requires_grad=True)
+    norm = torch.nn.RMSNorm(H * D, eps=1e-6, device="cuda")
+    angle = torch.rand(1, S, 1, D // 2, device="cuda")
+    cos, sin = angle.cos().repeat_interleave(2, -1), angle.sin().repeat_interleave(2, -1)
+    assert not fusable(x, norm)
+    norm_rope(x, norm, H, cos, sin).square().sum().backward()
+    want = x.grad.clone()
+    x.grad = None
+    norm_rope_reference(x, norm, H, cos, sin).square().sum().backward()
+    torch.testing.assert_close(want, x.grad)

@@ -20,6 +20,7 @@ import json
 import math
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +28,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from calibstudio.engine.atomic import atomic_write
+from calibstudio.engine.attention_hook import AttentionHook
 from calibstudio.engine.machine import device_name
 from calibstudio.engine.models.base import Conditioning, ModelLoadError
-from calibstudio.engine.models.demo import captions
+from calibstudio.engine.models.demo import captions, scenes
 from calibstudio.engine.models.demo.adherence import score_clips
+from calibstudio.engine.models.demo.locality import LocalityPenalty
 from calibstudio.engine.models.demo.model import (
     CONFIG,
     DemoAdapter,
@@ -121,7 +124,7 @@ def train(args: argparse.Namespace) -> dict:
     pipe = DemoPipeline.fresh(args.seed)
     state_file, log_file = out / "state.json", out / "train_log.jsonl"
     state = {"step": 0, "elapsed_s": 0.0, "seed": args.seed, "batch": args.batch, "steps": args.steps,
-             "texture": args.texture}
+             "texture": args.texture, "locality": args.locality}
     resumed_at, resuming = 0, args.resume and state_file.is_file()
     if args.init and not resuming:
         init = Path(args.init)
@@ -149,7 +152,7 @@ def train(args: argparse.Namespace) -> dict:
     generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + resumed_at)
     unk = pipe.vocab.index(UNK)
     shift = pipe.scheduler.config.shift
-    step, started, losses = resumed_at, time.perf_counter(), []
+    step, started, losses, outsides = resumed_at, time.perf_counter(), [], []
 
     def save() -> None:
         save_weights(pipe.state_dict(), out / "raw.safetensors")
@@ -163,48 +166,61 @@ def train(args: argparse.Namespace) -> dict:
         return base_elapsed + time.perf_counter() - started
 
     modules.train()
-    for clips, ids in loader:
-        x0 = clip_to_latents(clips.to(device, non_blocking=True))
-        ids = ids.to(device, non_blocking=True)
-        b = x0.shape[0]
-        drop_text = torch.rand(b, 1, device=device, generator=generator) < TEXT_DROPOUT
-        drop_word = (torch.rand(ids.shape, device=device, generator=generator) < WORD_DROPOUT) & (ids > unk)
-        ids = torch.where(drop_word, unk, ids).masked_fill(drop_text, 0)
-        u = torch.rand(b, device=device, generator=generator)
-        sigma = shift * u / (1 + (shift - 1) * u)
-        noise = torch.randn(x0.shape, device=device, generator=generator)
-        s = sigma.view(b, 1, 1, 1, 1)
-        noisy = (1 - s) * x0 + s * noise
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args, resumed_at)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-            embeds = pipe.text_encoder(ids)
-            velocity = forward(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=embeds,
-                               return_dict=False)[0]
-        loss = torch.nn.functional.mse_loss(velocity.float(), noise - x0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
-        optimizer.step()
-        step += 1
-        decay = min(args.ema, (1 + step - resumed_at) / (10 + step - resumed_at)) if not resumed_at else args.ema
-        with torch.no_grad():
-            current = pipe.state_dict()
-            torch._foreach_lerp_([ema[k] for k in current], [current[k].float() for k in current], 1 - decay)
-        losses.append(loss.detach())
-        if step % args.log_every == 0 or step == args.steps:
-            mean = torch.stack(losses).mean().item()
-            losses.clear()
-            row = {"step": step, "loss": round(mean, 5), "lr": lr_at(step, args, resumed_at),
-                   "elapsed_s": round(state_elapsed(), 1),
-                   "samples_per_s": round((step - resumed_at) * args.batch / (time.perf_counter() - started), 1)}
-            with log_file.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
-            print(json.dumps(row), flush=True)
-        if step % args.save_every == 0:
-            save()
-        if step >= args.steps or time.perf_counter() - started > args.max_minutes * 60:
-            break
+    locality = state.get("locality", 0.0)
+    penalty = LocalityPenalty(scenes.DEFAULT_TOKEN_GRID, pipe.transformer.config.num_attention_heads,
+                              sample=args.locality_sample, device=device) if locality else None
+    # dense_fn=penalty.attend: the hook routes every self-attention through the penalty while training
+    with AttentionHook(DemoAdapter(), pipe.transformer, dense_fn=penalty.attend) if penalty else nullcontext():
+        for clips, ids in loader:
+            x0 = clip_to_latents(clips.to(device, non_blocking=True))
+            ids = ids.to(device, non_blocking=True)
+            b = x0.shape[0]
+            drop_text = torch.rand(b, 1, device=device, generator=generator) < TEXT_DROPOUT
+            drop_word = (torch.rand(ids.shape, device=device, generator=generator) < WORD_DROPOUT) & (ids > unk)
+            ids = torch.where(drop_word, unk, ids).masked_fill(drop_text, 0)
+            u = torch.rand(b, device=device, generator=generator)
+            sigma = shift * u / (1 + (shift - 1) * u)
+            noise = torch.randn(x0.shape, device=device, generator=generator)
+            s = sigma.view(b, 1, 1, 1, 1)
+            noisy = (1 - s) * x0 + s * noise
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, args, resumed_at)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+                embeds = pipe.text_encoder(ids)
+                velocity = forward(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=embeds,
+                                   return_dict=False)[0]
+            loss = torch.nn.functional.mse_loss(velocity.float(), noise - x0)
+            objective = loss
+            if penalty:
+                outside = penalty.take()
+                outsides.append(outside.detach())
+                objective = loss + locality * outside
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+            decay = min(args.ema, (1 + step - resumed_at) / (10 + step - resumed_at)) if not resumed_at else args.ema
+            with torch.no_grad():
+                current = pipe.state_dict()
+                torch._foreach_lerp_([ema[k] for k in current], [current[k].float() for k in current], 1 - decay)
+            losses.append(loss.detach())
+            if step % args.log_every == 0 or step == args.steps:
+                mean = torch.stack(losses).mean().item()
+                losses.clear()
+                row = {"step": step, "loss": round(mean, 5), "lr": lr_at(step, args, resumed_at),
+                       "elapsed_s": round(state_elapsed(), 1),
+                       "samples_per_s": round((step - resumed_at) * args.batch / (time.perf_counter() - started), 1)}
+                if outsides:
+                    row["outside_mass"] = round(torch.stack(outsides).mean().item(), 4)
+                    outsides.clear()
+                with log_file.open("a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+            if step % args.save_every == 0:
+                save()
+            if step >= args.steps or time.perf_counter() - started > args.max_minutes * 60:
+                break
     save()
     result = {"step": step, "steps": args.steps, "minutes": round(state_elapsed() / 60, 2)}
     if step >= args.steps or args.export_partial:
@@ -216,7 +232,8 @@ def train(args: argparse.Namespace) -> dict:
             result["held_out_adherence"] = score_clips(list(clips), prompts)
             print("held-out adherence:", json.dumps(result["held_out_adherence"]), flush=True)
         card = {**result, "seed": args.seed, "batch": args.batch, "lr": args.lr, "ema": args.ema,
-                "texture": state.get("texture", 0.0), "device": device_name(device), "torch": torch.__version__}
+                "texture": state.get("texture", 0.0), "locality": state.get("locality", 0.0),
+                "device": device_name(device), "torch": torch.__version__}
         if "init" in state:
             card["init"] = state["init"]
         save_demo(pipe, out / "demo_model", card)
@@ -240,6 +257,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--texture", type=float, default=0.0,
                    help="peak strength (0..24, colour units) of panning background patterns; 0: plain backgrounds "
                         "as the shipped model; a resumed run keeps its own")
+    p.add_argument("--locality", type=float, default=0.0,
+                   help="weight of the locality prior (demo/locality.py): the self-attention mass outside each "
+                        "head's window (own latent frame, or the same place in the next frames) is added to the "
+                        "loss; 0: off; a resumed run keeps its own")
+    p.add_argument("--locality-sample", type=int, default=8,
+                   help="clips of each batch the locality prior is measured on")
     p.add_argument("--max-minutes", type=float, default=8.0, help="stop and checkpoint after this long")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--init", help="start from the weights of a saved demo model folder (fine-tune) instead of random")

@@ -1,0 +1,75 @@
+"""The locality prior that makes the demo model's attention block-sparse (demo/locality.py)."""
+
+import json
+
+import pytest
+import torch
+
+from calibstudio.engine.attention_hook import dense_attention
+from calibstudio.engine.models.demo.locality import LocalityPenalty, locality_windows
+
+
+def test_windows_are_the_own_frame_or_the_same_place_next_door():
+    w = locality_windows((8, 16, 16), heads=4, block=128)  # the demo grid: two blocks per latent frame
+    assert w.shape == (4, 16, 16)
+    spatial, temporal = w[0], w[1]
+    assert spatial[4].nonzero().flatten().tolist() == [4, 5]  # frame 2, top half: both halves of frame 2
+    assert temporal[4].nonzero().flatten().tolist() == [2, 6]  # the top halves of frames 1 and 3
+    assert temporal[0].nonzero().flatten().tolist() == [2]  # the first frame has one neighbour
+    assert torch.equal(w[2], spatial) and torch.equal(w[3], temporal)
+    assert abs(w.float().mean().item() - 0.117) < 1e-3  # what calibration can reach once the model obeys
+
+
+def test_a_frame_that_splits_a_block_is_refused():
+    with pytest.raises(ValueError, match="whole number"):
+        locality_windows((4, 10, 10), heads=2, block=128)
+
+
+def test_outside_mass_is_the_softmax_mass_off_the_window():
+    grid, heads, block, D = (4, 4, 8), 2, 16, 8
+    penalty = LocalityPenalty(grid, heads, block=block, sample=2)
+    q, k = torch.randn(2, 128, heads, D), torch.randn(2, 128, heads, D)
+    probs = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, k) / D**0.5, dim=-1)
+    window = locality_windows(grid, heads, block).repeat_interleave(block, 1).repeat_interleave(block, 2)
+    want = (probs * ~window).sum(-1)
+    torch.testing.assert_close(penalty.outside_mass(q, k), want, atol=1e-5, rtol=1e-4)
+
+
+def test_attend_is_dense_attention_and_collects_the_penalty_only_when_training():
+    penalty = LocalityPenalty((4, 4, 8), heads=2, block=16, sample=1)
+    q, k, v = (torch.randn(3, 128, 2, 8, requires_grad=True) for _ in range(3))
+    with torch.no_grad():
+        torch.testing.assert_close(penalty.attend(q, k, v), dense_attention(q, k, v))
+    with pytest.raises(RuntimeError, match="no self-attention"):
+        penalty.take()  # nothing collected without gradients (sampling at the end of training)
+    penalty.attend(q, k, v)
+    penalty.attend(q, k, v)
+    first = penalty.outside_mass(q[:1], k[:1]).mean()
+    torch.testing.assert_close(penalty.take(), first)  # the mean of the two calls, on the first clip
+    with pytest.raises(RuntimeError):
+        penalty.take()  # and it starts afresh
+
+
+def test_minimising_the_penalty_moves_attention_into_the_windows():
+    penalty = LocalityPenalty((4, 4, 8), heads=2, block=16, sample=1)
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 128, 2, 8, requires_grad=True), torch.randn(1, 128, 2, 8, requires_grad=True)
+    before = penalty.outside_mass(q, k).mean().item()
+    optimizer = torch.optim.Adam([q, k], lr=0.05)
+    for _ in range(100):
+        optimizer.zero_grad()
+        penalty.outside_mass(q, k).mean().backward()
+        optimizer.step()
+    assert penalty.outside_mass(q, k).mean().item() < before / 3
+
+
+def test_training_with_the_prior_logs_it_and_records_it_in_the_card(tmp_path):
+    from calibstudio.engine.models.demo.train import parse_args, train
+
+    train(parse_args(["--out", str(tmp_path), "--batch", "1", "--workers", "0", "--steps", "1", "--log-every", "1",
+                      "--eval-clips", "0", "--locality", "0.1", "--locality-sample", "1"]))
+    row = json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[0])
+    assert 0 < row["outside_mass"] < 1
+    card = json.loads((tmp_path / "demo_model" / "config.json").read_text())["training"]
+    assert card["locality"] == 0.1
+    assert json.loads((tmp_path / "state.json").read_text())["locality"] == 0.1
