@@ -99,7 +99,8 @@ class JobPanel(QWidget):
         self.model_box.setEditable(True)
         self.model_box.addItems(BUNDLED_MODELS)
         self.model_box.setCurrentText(DEFAULT_MODEL)
-        self.model_box.setToolTip("The bundled demo model, the tiny random test model, or a local diffusers folder")
+        self.model_box.setToolTip("The bundled demo model, the tiny random test model, a local diffusers Wan folder, "
+                                  "or a demo model folder exported by its training")
         self.model_box.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.model_folder_button = QToolButton()
         self.model_folder_button.setText("…")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from calibstudio.engine.models.demo.folder import is_demo_folder
+
 KINDS = ("calibrate", "generate", "compare")
 BUNDLED_MODELS = ("demo", "tiny")  # names the engine's model registry knows besides local folders
 DEFAULT_MODEL = "demo"  # the bundled model (engine.models.registry.DEFAULT_MODEL); no torch import here
@@ -51,8 +53,8 @@ DEMO_RULE = SizeRule("the demo model", side_multiple=4, frame_step=2, frame_offs
 
 
 def size_rule(model: str) -> SizeRule:
-    """The size rule of ``model``: the demo model's own, Wan's for ``tiny`` and local diffusers folders."""
-    return DEMO_RULE if model == "demo" else WAN_RULE
+    """The size rule of ``model``: the demo model's own (bundled or a trained folder), else Wan's."""
+    return DEMO_RULE if model == "demo" or is_demo_folder(model) else WAN_RULE
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Which model a user means: ``demo`` (the bundled model, the default), a local diffusers Wan folder,
-or ``tiny`` (random weights, for smoke tests)."""
+a demo model folder (``demo.train`` exports one), or ``tiny`` (random weights, for smoke tests)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from calibstudio.engine.models.base import ModelLoadError, VideoModelAdapter
+from calibstudio.engine.models.demo.folder import PROFILE, is_demo_folder
 from calibstudio.engine.models.wan import WanAdapter
 
 
@@ -57,19 +58,20 @@ DEFAULT_MODEL = "demo"
 
 
 def load_model(spec: str = DEFAULT_MODEL, device: str | None = None) -> LoadedModel:
-    """Load ``spec`` (``demo``, a folder, or ``tiny``) onto ``device`` (default: CUDA if present)."""
+    """Load ``spec`` (``demo``, a Wan or demo model folder, or ``tiny``) onto ``device`` (default: CUDA if present)."""
     device = device or default_device()
-    if spec == "demo":
-        from calibstudio.engine.models.demo.model import DEFAULTS, PROFILE, DemoAdapter, default_folder, load_demo
+    if spec == "demo" or is_demo_folder(spec):  # the bundled demo model, or one exported by its training
+        from calibstudio.engine.models.demo.model import DemoAdapter, default_folder, load_demo
 
-        return LoadedModel(load_demo(device=device), DemoAdapter(), DEFAULTS, "demo_prompts.txt",
-                           default_folder() / PROFILE)
+        folder = default_folder() if spec == "demo" else Path(spec)
+        pipe = load_demo(folder, device=device)
+        return LoadedModel(pipe, DemoAdapter(), pipe.defaults, "demo_prompts.txt", folder / PROFILE)
     if spec == "tiny":
         from calibstudio.engine.models.tiny import tiny_wan_pipeline
 
         return LoadedModel(tiny_wan_pipeline().to(device), WanAdapter(), TINY_DEFAULTS)
     if not Path(spec).exists():
-        raise ModelLoadError(f"model {spec!r} is neither 'demo', 'tiny' nor a local diffusers folder; "
+        raise ModelLoadError(f"model {spec!r} is neither 'demo', 'tiny' nor a local model folder; "
                              f"pass the folder of a downloaded Wan2.1-T2V-*-Diffusers model")
     from calibstudio.engine.models.wan import load_wan
 

@@ -180,8 +180,8 @@ def _job_parser(commands: argparse._SubParsersAction, name: str, text: str) -> a
     """Options every model job shares: model, size, steps, seed, device."""
     job = commands.add_parser(name, help=text, description=text + ".")
     job.add_argument("--model", default="demo",
-                     help="'demo' (the bundled model), a local diffusers Wan folder, or 'tiny' (random weights, "
-                          "for smoke tests) (default: demo)")
+                     help="'demo' (the bundled model), a local diffusers Wan folder, a demo model folder (what "
+                          "the demo's training exports), or 'tiny' (random weights, for smoke tests) (default: demo)")
     job.add_argument("--height", type=int, help="clip height in pixels (default: the model's)")
     job.add_argument("--width", type=int, help="clip width in pixels (default: the model's)")
     job.add_argument("--frames", type=int,

@@ -111,8 +111,8 @@ def test_norm_rope_gpu_matches_diffusers_eager_and_compiled(D):
         norm.weight.copy_(0.5 + torch.rand(H * D, device="cuda", generator=g))
     angle = 40 * torch.rand(1, S, 1, D // 2, device="cuda", generator=g)
     cos, sin = angle.cos().repeat_interleave(2, -1).bfloat16(), angle.sin().repeat_interleave(2, -1).bfloat16()
-    assert fusable(x, norm)
-    with torch.no_grad():
+    with torch.no_grad():  # generation runs without autograd (diffusers' pipelines, our trajectories)
+        assert fusable(x, norm)
         want = norm_rope_reference(x.float(), norm.float(), H, cos.float(), sin.float())
         eager = norm_rope(x, norm, H, cos, sin)
         compiled = torch.compile(lambda x: norm_rope(x, norm, H, cos, sin) * 1, fullgraph=True)(x)

@@ -26,11 +26,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 from calibstudio.engine.atomic import atomic_write
 from calibstudio.engine.models.base import Conditioning, ModelLoadError
 from calibstudio.engine.models.demo import scenes
+from calibstudio.engine.models.demo.folder import CONFIG, NAME, WEIGHTS
 from calibstudio.engine.models.demo.text import WordEncoder, grammar_vocabulary, tokenize
 from calibstudio.engine.models.wan import WanAdapter
-
-NAME = "calibstudio-demo"
-WEIGHTS, CONFIG, PROFILE = "model.safetensors", "config.json", "profile.safetensors"
 
 TRANSFORMER_CONFIG: dict[str, Any] = {
     "patch_size": list(scenes.DEFAULT_PATCH), "num_attention_heads": 4, "attention_head_dim": 64,
@@ -55,10 +53,11 @@ class DemoPipeline:
     """What the engine drives: transformer, word encoder, vocabulary and a flow-matching scheduler."""
 
     def __init__(self, transformer: WanTransformer3DModel, text_encoder: WordEncoder, vocab: list[str],
-                 name_or_path: str = NAME) -> None:
+                 name_or_path: str = NAME, defaults: dict[str, int | float] | None = None) -> None:
         self.transformer = transformer
         self.text_encoder = text_encoder
         self.vocab = vocab
+        self.defaults = {**DEFAULTS, **(defaults or {})}  # clip size, steps, recommended threshold
         self.scheduler = FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT)
         self.name_or_path = name_or_path
 
@@ -107,7 +106,7 @@ def save_demo(pipe: DemoPipeline, folder: str | Path, card: dict[str, Any] | Non
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(pipe.state_dict(), folder / WEIGHTS)
     config = {"name": NAME, "transformer": TRANSFORMER_CONFIG, "text_encoder": TEXT_CONFIG, "vocab": pipe.vocab,
-              "scheduler_shift": SCHEDULER_SHIFT, "defaults": DEFAULTS, "training": card or {}}
+              "scheduler_shift": SCHEDULER_SHIFT, "defaults": pipe.defaults, "training": card or {}}
     atomic_write(folder / CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
     return folder
 
@@ -127,7 +126,7 @@ def load_demo(folder: str | Path | None = None, device: str = "cpu") -> DemoPipe
         vocab = list(config["vocab"])
         transformer = WanTransformer3DModel(**config["transformer"])
         text_encoder = WordEncoder(len(vocab), **config["text_encoder"])
-        pipe = DemoPipeline(transformer, text_encoder, vocab, name_or_path=NAME)
+        pipe = DemoPipeline(transformer, text_encoder, vocab, name_or_path=NAME, defaults=config.get("defaults"))
         pipe.load_state_dict({k: v.float() for k, v in load_file(folder / WEIGHTS).items()})
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
         raise ModelLoadError(f"the demo model in {folder} is damaged ({error}); reinstall calibstudio") from None

@@ -124,7 +124,7 @@ def train(args: argparse.Namespace) -> dict:
     pipe = DemoPipeline.fresh(args.seed)
     state_file, log_file = out / "state.json", out / "train_log.jsonl"
     state = {"step": 0, "elapsed_s": 0.0, "seed": args.seed, "batch": args.batch, "steps": args.steps,
-             "texture": args.texture, "locality": args.locality}
+             "texture": args.texture, "locality": args.locality or 0.0}
     resumed_at, resuming = 0, args.resume and state_file.is_file()
     if args.init and not resuming:
         init = Path(args.init)
@@ -135,6 +135,8 @@ def train(args: argparse.Namespace) -> dict:
         state = json.loads(state_file.read_text())
         pipe.load_state_dict(_load_weights(out / "raw.safetensors"))
         resumed_at = state["step"]
+        if args.locality is not None:  # a resumed run may tighten or relax its prior
+            state["locality"] = args.locality
         print(f"resuming at step {resumed_at} ({state['elapsed_s'] / 60:.1f} min trained so far)", flush=True)
     pipe.to(device)
     modules = torch.nn.ModuleDict({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder})
@@ -257,10 +259,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--texture", type=float, default=0.0,
                    help="peak strength (0..24, colour units) of panning background patterns; 0: plain backgrounds "
                         "as the shipped model; a resumed run keeps its own")
-    p.add_argument("--locality", type=float, default=0.0,
+    p.add_argument("--locality", type=float,
                    help="weight of the locality prior (demo/locality.py): the self-attention mass outside each "
                         "head's window (own latent frame, or the same place in the next frames) is added to the "
-                        "loss; 0: off; a resumed run keeps its own")
+                        "loss; 0 or unset: off; a resumed run keeps its own unless given")
     p.add_argument("--locality-sample", type=int, default=8,
                    help="clips of each batch the locality prior is measured on")
     p.add_argument("--max-minutes", type=float, default=8.0, help="stop and checkpoint after this long")

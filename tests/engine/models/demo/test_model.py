@@ -12,7 +12,8 @@ import torch
 from calibstudio.engine.models.base import ModelLoadError
 from calibstudio.engine.models.demo import scenes
 from calibstudio.engine.models.demo.adherence import check_clip
-from calibstudio.engine.models.demo.model import CONFIG, WEIGHTS, DemoAdapter, default_folder, load_demo, save_demo
+from calibstudio.engine.models.demo.folder import CONFIG, WEIGHTS
+from calibstudio.engine.models.demo.model import DemoAdapter, default_folder, load_demo, save_demo
 from calibstudio.engine.models.demo.text import UNK, WordEncoder, grammar_vocabulary, tokenize
 from calibstudio.engine.models.registry import load_model
 
@@ -123,3 +124,20 @@ def test_fine_tuning_from_a_folder_without_a_model_is_one_clear_error(tmp_path, 
     assert main(["--out", str(tmp_path / "run"), "--workers", "0", "--init", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: the demo model in") and "lacks config.json, model.safetensors" in err
+
+
+def test_a_trained_demo_folder_loads_as_a_model_with_its_own_defaults(demo, tmp_path, monkeypatch):
+    from calibstudio.app.job_request import DEMO_RULE, size_rule
+    from calibstudio.engine.models.demo.folder import PROFILE, is_demo_folder
+    from calibstudio.engine.models.demo.model import DemoAdapter
+
+    monkeypatch.setattr(demo.pipe, "defaults", {**demo.pipe.defaults, "threshold": 0.95})  # its own recommendation
+    save_demo(demo.pipe, tmp_path)
+    assert is_demo_folder(tmp_path) and size_rule(str(tmp_path)) is DEMO_RULE  # the studio checks sizes the same way
+    loaded = load_model(str(tmp_path), "cpu")
+    assert isinstance(loaded.adapter, DemoAdapter)
+    assert loaded.threshold(None) == 0.95 and loaded.defaults["frames"] == 16
+    assert loaded.profile == tmp_path / PROFILE and loaded.available_profile is None  # none calibrated yet
+    (tmp_path / WEIGHTS).unlink()
+    with pytest.raises(ModelLoadError, match="lacks model.safetensors"):
+        load_model(str(tmp_path), "cpu")
