@@ -138,4 +138,4 @@ def test_calibrate_generate_compare_on_the_tiny_model(tmp_path):
                 "--out", str(tmp_path / "g.mp4"))
     assert wrong.returncode == 1 and "token grid" in wrong.stderr and not (tmp_path / "g.mp4").exists()
     missing = run("generate", "--model", str(tmp_path / "no-such-model"), "--prompt", "x", "--out", "g.mp4")
-    assert missing.returncode == 1 and "nor a local diffusers folder" in missing.stderr
+    assert missing.returncode == 1 and "nor a local model folder" in missing.stderr
