@@ -127,6 +127,9 @@ class JobPanel(QWidget):
         self.profile_button.setToolTip("Choose a profile file")
         self.threshold_box = ThresholdSpinBox(model)
         self.threshold_box.setToolTip("Retained-mass threshold τ, the same as the threshold slider")
+        self.dense_steps_box = _spin(0, MAX_STEPS, 0, "Run the first steps of the sparse clip dense: they decide "
+                                     "where things are, so the sparse clip stays closer to the dense one, for "
+                                     "less speedup")
         self.mode_box = QComboBox()
         self.mode_box.addItems(["sparse", "dense"])
         self.mode_box.setToolTip("What Generate makes: sparse (through the profile at τ) or dense")
@@ -196,6 +199,7 @@ class JobPanel(QWidget):
         form.addRow("Frames", self.frames_box)
         form.addRow("Profile", self._row(self.profile_edit, self.profile_button))
         form.addRow("Threshold τ", self.threshold_box)
+        form.addRow("Dense first", self.dense_steps_box)
         form.addRow("Generate", self.mode_box)
         calibration = QHBoxLayout()
         calibration.setContentsMargins(0, 0, 0, 0)
@@ -241,7 +245,8 @@ class JobPanel(QWidget):
             negative_prompt=self.negative_edit.text().strip(), seed=self.seed_box.value(),
             steps=self.steps_box.value(), height=self.height_box.value(), width=self.width_box.value(),
             frames=self.frames_box.value(), profile=self.profile_edit.text().strip(),
-            threshold=self.profile_model.threshold, mode=self.mode_box.currentText(),
+            threshold=self.profile_model.threshold, dense_steps=self.dense_steps_box.value(),
+            mode=self.mode_box.currentText(),
             bins=self.bins_box.value(), block=int(self.block_box.currentText()))
 
     def run(self, kind: str) -> bool:
@@ -404,7 +409,8 @@ class JobPanel(QWidget):
                   "steps": self.steps_box.value(), "width": self.width_box.value(),
                   "height": self.height_box.value(), "frames": self.frames_box.value(),
                   "profile": self.profile_edit.text(), "mode": self.mode_box.currentText(),
-                  "bins": self.bins_box.value(), "block": self.block_box.currentText()}
+                  "bins": self.bins_box.value(), "block": self.block_box.currentText(),
+                  "dense_steps": self.dense_steps_box.value()}
         for key, value in values.items():
             settings.setValue(f"job/{key}", value)
 
@@ -417,7 +423,8 @@ class JobPanel(QWidget):
                 "profile": self.profile_edit.setText, "prompt": self.prompt_edit.setPlainText,
                 "mode": self.mode_box.setCurrentText, "block": self.block_box.setCurrentText}
         numbers = {"seed": self.seed_box, "steps": self.steps_box, "width": self.width_box,
-                   "height": self.height_box, "frames": self.frames_box, "bins": self.bins_box}
+                   "height": self.height_box, "frames": self.frames_box, "bins": self.bins_box,
+                   "dense_steps": self.dense_steps_box}
         for key, setter in text.items():
             value = settings.value(f"job/{key}")
             if value is not None:

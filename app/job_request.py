@@ -71,6 +71,7 @@ class JobRequest:
     frames: int = 16
     profile: str = ""
     threshold: float = 0.999
+    dense_steps: int = 0  # sparse clips: the first steps run dense (they decide the layout)
     mode: str = "sparse"  # generate only: "dense" or "sparse"
     bins: int = 4  # calibrate only
     block: int = 128  # calibrate only
@@ -82,10 +83,11 @@ class JobRequest:
             return {"profile": self.profile, "seed": self.seed, "bins": self.bins, "block": self.block, **size}
         clip = {"prompt": self.prompt.strip(), "negative_prompt": self.negative_prompt.strip(), "seed": self.seed,
                 **size}
+        sparse = {"profile": self.profile, "threshold": self.threshold, "dense_steps": self.dense_steps}
         if kind == "compare":
-            return {**clip, "profile": self.profile, "threshold": self.threshold}
+            return {**clip, **sparse}
         if kind == "generate":
-            sparse = {"profile": self.profile, "threshold": self.threshold} if self.mode == "sparse" else {}
+            sparse = sparse if self.mode == "sparse" else {}
             return {**clip, "mode": self.mode, **sparse}
         raise ValueError(f"unknown job kind {kind!r}; expected one of {', '.join(KINDS)}")
 
@@ -130,4 +132,6 @@ def validate(kind: str, request: JobRequest) -> list[str]:
                             "calibrate one or choose a file")
         elif not Path(profile).is_file():
             problems.append(f"no profile at {profile}")
+        if not 0 <= request.dense_steps <= request.steps:
+            problems.append(f"dense steps must be 0..steps ({request.steps}), got {request.dense_steps}")
     return problems

@@ -68,7 +68,9 @@ class AttentionHook:
     ``step_source`` returns the index of the denoising step in progress (a Python int, so reading
     it never syncs with the device). In ``sparse`` mode the layout of each (step bin, layer) is
     built on first use from the profile at ``threshold`` and kept for the life of the hook (one
-    job), never per call.
+    job), never per call. ``dense_steps``: the first steps run dense even in ``sparse`` mode — the
+    early, noisy steps decide a clip's layout, and a small error there moves objects (Sparse
+    VideoGen and its peers keep them dense for the same reason).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class AttentionHook:
         backend: str = "auto",
         layouts: Mapping[int, BlockLayout] | None = None,
         dense_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        dense_steps: int = 0,
     ) -> None:
         if mode == "sparse" and profile is None and layouts is None:
             raise ValueError("sparse mode needs a profile (or fixed per-layer layouts)")
@@ -99,6 +102,7 @@ class AttentionHook:
         self._layouts: dict[tuple[int, int], BlockLayout | None] = {}
         self._fixed = layouts  # per layer, for every step (benchmarks with synthetic masks)
         self.dense_fn = dense_fn or dense_attention
+        self.dense_steps = dense_steps
         self._saved: list[tuple[torch.nn.Module, object]] = []
         self._forwards: list[tuple[torch.nn.Module, Callable | None]] = []  # module, instance forward before
         if profile is not None:
@@ -159,7 +163,7 @@ class AttentionHook:
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Self-attention of ``layer`` on (B, S, H, D) for the current step, by the hook's mode."""
-        if self.mode == "sparse":
+        if self.mode == "sparse" and self.step_source() >= self.dense_steps:
             from calibstudio.kernels.attention import sparse_attention
 
             if self._fixed is not None:

@@ -30,6 +30,11 @@ class GenerationSettings:
     negative_prompt: str = ""
     threshold: float = 0.999
     warmup_steps: int = 0
+    dense_steps: int = 0  # the first denoising steps of the sparse clip run dense (they decide the layout)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dense_steps, int) or not 0 <= self.dense_steps <= self.steps:
+            raise ValueError(f"dense steps must be 0..{self.steps} (the clip's steps), got {self.dense_steps}")
 
 
 @dataclass
@@ -47,7 +52,7 @@ def _sparse_hook(pipe: Any, adapter: VideoModelAdapter, profile: Profile, s: Gen
         raise ValueError(f"the profile was calibrated with {profile.meta.num_steps} steps, not {s.steps}; "
                          f"generate with {profile.meta.num_steps} steps or calibrate for {s.steps}")
     return AttentionHook(adapter, pipe.transformer, mode="sparse", profile=profile, threshold=s.threshold,
-                         backend=backend)
+                         backend=backend, dense_steps=s.dense_steps)
 
 
 def _warm_up(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, conditioning: Any, latents: Any) -> None:

@@ -208,11 +208,19 @@ def _backend_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", help="attention backend: auto, fa4, triton, flex, cpu")
 
 
+def _dense_steps_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dense-steps", type=int, default=0,
+                        help="run the first N denoising steps of the sparse clip dense: they decide where things "
+                             "are, so this keeps the sparse clip closer to the dense one for less speedup "
+                             "(default 0)")
+
+
 def _sparse_options(job: argparse.ArgumentParser, profile_help: str) -> None:
     job.add_argument("--profile", help=f"calibration profile (.safetensors); {profile_help}")
     _threshold_option(job, MODEL_THRESHOLD)
     _backend_option(job)
     job.add_argument("--warmup", type=int, default=0, help="dense warm-up steps before timing (default 0)")
+    _dense_steps_option(job)
     job.add_argument("--prompt", required=True, help="text prompt")
 
 
@@ -271,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
     evaluate.add_argument("--profile", help="calibration profile (default: the one shipped with the demo model)")
     _threshold_option(evaluate, MODEL_THRESHOLD)
+    _dense_steps_option(evaluate)
     evaluate.add_argument("--model", default="demo", help="model (default: the bundled demo model)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the first caption; caption i uses seed+i")
     evaluate.add_argument("--device", help="cuda or cpu (default: cuda when available)")

@@ -41,6 +41,9 @@ def test_validate_names_each_problem(tmp_path, small_profile):
                                                                  for p in calibrate)
     assert validate("generate", JobRequest(model="tiny", prompt="x", height=64, width=64, frames=9,
                                            mode="sparse"))[0].startswith("generate sparse needs a calibration profile")
+    assert validate("compare", JobRequest(model="tiny", prompt="x", height=64, width=64, frames=9, steps=4,
+                                          dense_steps=5, profile=str(small_profile))) == [
+        "dense steps must be 0..steps (4), got 5"]
 
 
 def test_request_arguments_per_command(small_profile):
@@ -48,7 +51,7 @@ def test_request_arguments_per_command(small_profile):
                          profile=str(small_profile), threshold=0.99, mode="dense")
     assert request.args("compare") == {"prompt": "a ball", "negative_prompt": "", "seed": 7, "height": 64,
                                        "width": 128, "frames": 9, "steps": 4, "profile": str(small_profile),
-                                       "threshold": 0.99}
+                                       "threshold": 0.99, "dense_steps": 0}
     assert "profile" not in request.args("generate") and request.args("generate")["mode"] == "dense"
     assert request.args("calibrate")["block"] == 128 and "prompt" not in request.args("calibrate")
     assert format_eta(None) == "…" and format_eta(75.4) == "1:15" and format_eta(3725) == "1:02:05"

@@ -133,6 +133,20 @@ def test_fused_ffn_forward_matches_diffusers_on_cuda():
     assert up.proj.weight.grad is not None
 
 
+def test_dense_first_steps_keep_the_sparse_clip_on_the_dense_one(pipe, adapter, calibrated):
+    def run(dense_steps: int):  # the reference backend never falls back to dense at high density
+        return compare(pipe, adapter, _settings(guidance_scale=1.0, threshold=0.9, dense_steps=dense_steps),
+                       calibrated, backend="reference")
+
+    all_dense = run(STEPS)
+    np.testing.assert_array_equal(all_dense.sparse.frames, all_dense.dense.frames)
+    assert all_dense.report()["settings"]["dense_steps"] == STEPS
+    sparse = run(1)
+    assert not np.array_equal(sparse.sparse.frames, sparse.dense.frames)  # the later steps ran sparse
+    with pytest.raises(ValueError, match="dense steps must be 0..3"):
+        _settings(dense_steps=STEPS + 1)
+
+
 def test_calibrate_then_sparse_compare(pipe, adapter, calibrated, tmp_path):
     meta = calibrated.meta
     assert meta.grid == (3, 4, 8) and meta.nq == 6 and meta.bins == 2 and meta.layers == 2
