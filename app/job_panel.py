@@ -129,7 +129,7 @@ class JobPanel(QWidget):
         self.threshold_box.setToolTip("Retained-mass threshold τ, the same as the threshold slider")
         self.dense_steps_box = _spin(0, MAX_STEPS, 0, "Run the first steps of the sparse clip dense: they decide "
                                      "where things are, so the sparse clip stays closer to the dense one, for "
-                                     "less speedup")
+                                     "less speedup", " steps")
         self.mode_box = QComboBox()
         self.mode_box.addItems(["sparse", "dense"])
         self.mode_box.setToolTip("What Generate makes: sparse (through the profile at τ) or dense")
