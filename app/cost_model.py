@@ -64,6 +64,7 @@ class SpeedupEstimate:
     speedup: float
     s0: float = WAN14B_S0_TOKENS
     width: int | None = None
+    dense_steps: int = 0  # the first steps run dense: ``density`` is already the mean over the run
 
     def explain(self) -> str:
         """Multi-line text for a tooltip: the formula, the share and where it comes from."""
@@ -77,13 +78,19 @@ class SpeedupEstimate:
             f"(attention ~ S², the rest ~ S; S0 = {WAN14B_S0_TOKENS:,} × width / {WAN14B_WIDTH} fitted to "
             f"Wan-14B anchors: {anchors}; {width}).\n"
             f"Assumes the kept blocks run at the dense kernel rate and the rest is unchanged: an upper bound."
+            + (f"\nThe first {self.dense_steps} steps run dense: density {self.density:.1%} is over the whole clip."
+               if self.dense_steps else "")
         )
 
 
-def estimate(tokens: int, density: float, model: Mapping[str, Any] | None = None) -> SpeedupEstimate:
-    """Speedup estimate for a profile's token count at a whole-model density (``model``: its identity)."""
+def estimate(tokens: int, density: float, model: Mapping[str, Any] | None = None,
+             dense_steps: int = 0) -> SpeedupEstimate:
+    """Speedup estimate for a profile's token count at a whole-model density (``model``: its identity).
+
+    ``density`` is the mean over the clip's steps, dense first steps included (``dense_steps``, for the text).
+    """
     width = model_width(model or {})
     s0 = WAN14B_S0_TOKENS * (width / WAN14B_WIDTH if width else 1.0)
     share = attention_share(tokens, s0)
     return SpeedupEstimate(tokens=tokens, share=share, density=density, speedup=predicted_speedup(density, share),
-                           s0=s0, width=width)
+                           s0=s0, width=width, dense_steps=dense_steps)

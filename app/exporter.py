@@ -51,6 +51,8 @@ def threshold_note(model: ProfileModel) -> dict[str, Any]:
     stats = model.stats()
     if stats is None or model.profile is None:
         raise ValueError("no profile is open")
+    dense = stats.speedup.dense_steps
+    cli, api = (f" --dense-steps {dense}", f", dense_steps={dense}") if dense else ("", "")
     return {
         "profile": model.profile.path.name,
         "threshold": stats.requested,
@@ -59,8 +61,9 @@ def threshold_note(model: ProfileModel) -> dict[str, Any]:
         "retained_mass_mean": stats.mean_retained,
         "retained_mass_worst": stats.worst_retained,
         "predicted_speedup": stats.speedup.speedup,
-        "use": f"calibstudio generate --profile {model.profile.path.name} --threshold {stats.requested:g}, "
-               f"or calibstudio.apply_profile(pipe, profile, threshold={stats.requested:g})",
+        "dense_steps": stats.speedup.dense_steps,
+        "use": f"calibstudio generate --profile {model.profile.path.name} --threshold {stats.requested:g}{cli}, "
+               f"or calibstudio.apply_profile(pipe, profile, threshold={stats.requested:g}{api})",
     }
 
 

@@ -170,6 +170,7 @@ class JobPanel(QWidget):
         model.threshold_changed.connect(self._sync_threshold)
         model.profile_changed.connect(self._profile_opened)
         self.threshold_box.valueChanged.connect(model.set_threshold)
+        self.dense_steps_box.valueChanged.connect(model.set_dense_steps)
         runner.busy_changed.connect(lambda _: self.update_enabled())
         runner.job_started.connect(self._job_started)
         runner.job_progress.connect(self._job_progress)

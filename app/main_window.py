@@ -131,6 +131,7 @@ class MainWindow(QMainWindow):
         self.small_multiples.head_activated.connect(lambda _: self.tabs.setCurrentWidget(self.heatmap))
         self.model.profile_changed.connect(self._on_profile)
         self.model.threshold_changed.connect(self._update_status)
+        self.model.dense_steps_changed.connect(self._update_status)
         self.model.threshold_changed.connect(self._threshold_set)
         self._connect_engine()
         self.job_panel.restore_settings(settings)

@@ -62,18 +62,21 @@ class ProfileModel(QObject):
     """Open profile + threshold + selection, with change signals.
 
     Signals: ``profile_changed()`` after a profile is opened (selection and stats are valid by then),
-    ``threshold_changed(float)`` with the requested threshold, ``selection_changed(bin, layer, head)``.
+    ``threshold_changed(float)`` with the requested threshold, ``selection_changed(bin, layer, head)``,
+    ``dense_steps_changed(int)`` when the job's dense first steps change (they change the prediction).
     """
 
     profile_changed = Signal()
     threshold_changed = Signal(float)
     selection_changed = Signal(int, int, int)
+    dense_steps_changed = Signal(int)
 
     def __init__(self, threshold: float = DEFAULT_THRESHOLD, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._profile: Profile | None = None
         self._threshold = clamp_threshold(threshold)
         self._selection = (0, 0, 0)
+        self._dense_steps = 0
         self._heads: OrderedDict[tuple[int, int, int], HeadMap] = OrderedDict()
         self._stats: ThresholdStats | None = None
 
@@ -129,6 +132,20 @@ class ProfileModel(QObject):
         """Move the threshold by ``levels`` quantised levels (the slider's own steps)."""
         self.set_threshold(level_threshold(self.level + levels))
 
+    # -- dense first steps -------------------------------------------------------------------------------
+    @property
+    def dense_steps(self) -> int:
+        """How many first steps of a sparse clip run dense (the job panel's field); the prediction counts them."""
+        return self._dense_steps
+
+    def set_dense_steps(self, steps: int) -> None:
+        steps = max(0, int(steps))
+        if steps == self._dense_steps:
+            return
+        self._dense_steps = steps
+        self._stats = None
+        self.dense_steps_changed.emit(steps)
+
     # -- selection ---------------------------------------------------------------------------------------
     @property
     def selection(self) -> tuple[int, int, int]:
@@ -183,6 +200,7 @@ class ProfileModel(QObject):
                 densities=densities, retained_mean=mean, retained_worst=worst, density=density,
                 mean_retained=float(mean.mean()), worst_retained=float(worst[worst_at]),
                 worst_at=worst_at,  # type: ignore[arg-type]
-                speedup=estimate(p.meta.tokens, density, p.meta.model),
+                speedup=estimate(p.meta.tokens, p.density(self._threshold, self._dense_steps), p.meta.model,
+                                 self._dense_steps),
             )
         return self._stats

@@ -109,6 +109,7 @@ class ThresholdPanel(QWidget):
         self.slider.valueChanged.connect(self._slider_moved)
         self.spin.valueChanged.connect(self.model.set_threshold)
         model.threshold_changed.connect(self._sync)
+        model.dense_steps_changed.connect(self._sync)
         model.profile_changed.connect(self._sync)
         model.selection_changed.connect(self._update_head)
         self._sync()

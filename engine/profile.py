@@ -521,11 +521,16 @@ class Profile:
         """Fraction of blocks kept at ``threshold``, ``[bins, layers, heads]`` (float64)."""
         return self._kept[..., threshold_level(threshold)] / float(self.meta.nq * self.meta.nk)
 
-    def density(self, threshold: float) -> float:
-        """Whole-model fraction of attention blocks computed at ``threshold`` (all bins weighted by steps)."""
-        weights = np.array([end - start for start, end in self.meta.step_bins], dtype=np.float64)
+    def density(self, threshold: float, dense_steps: int = 0) -> float:
+        """Whole-model fraction of attention blocks computed at ``threshold`` over a clip's steps.
+
+        ``dense_steps``: the first steps run dense (as ``--dense-steps`` makes them) and count as 1.
+        """
         per_bin = self.densities(threshold).mean(axis=(1, 2))
-        return float((per_bin * weights).sum() / weights.sum())
+        per_step = np.concatenate([np.full(end - start, d, dtype=np.float64)
+                                   for (start, end), d in zip(self.meta.step_bins, per_bin, strict=True)])
+        per_step[:dense_steps] = 1.0
+        return float(per_step.mean())
 
     def retained(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
         """Retained attention mass at ``threshold``: (mean, worst prompt), each ``[bins, layers, heads]``."""

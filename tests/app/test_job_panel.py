@@ -154,3 +154,9 @@ def test_form_is_remembered_between_sessions(dark_app, qtbot, settings_file, sma
     restored = second.job_panel.request()
     assert (restored.prompt, restored.seed, restored.frames, restored.profile, restored.mode) == \
         ("a green triangle grows", 1234, 17, str(small_profile), "dense")
+
+
+def test_dense_first_steps_feed_the_request_and_the_prediction(fake_window):
+    fake_window.job_panel.dense_steps_box.setValue(3)
+    assert fake_window.job_panel.request().dense_steps == 3
+    assert fake_window.model.dense_steps == 3  # the predicted speedup counts them

@@ -51,6 +51,20 @@ def test_stats_follow_the_threshold(small_profile):
     assert high.retained_worst[b, layer, head] == high.worst_retained
 
 
+def test_dense_first_steps_lower_the_predicted_speedup_not_the_mask_density(qtbot, small_profile):
+    model = ProfileModel(0.95)
+    model.open(small_profile)
+    sparse = model.stats()
+    with qtbot.waitSignal(model.dense_steps_changed):
+        model.set_dense_steps(2)
+    some_dense = model.stats()
+    assert some_dense.density == sparse.density  # the masks are the same
+    assert 1.0 <= some_dense.speedup.speedup < sparse.speedup.speedup
+    assert "first 2 steps run dense" in some_dense.speedup.explain()
+    model.set_dense_steps(model.profile.meta.num_steps)
+    assert model.stats().speedup.speedup == pytest.approx(1.0)
+
+
 def test_heatmaps_are_cached(small_profile):
     model = ProfileModel()
     model.open(small_profile)

@@ -105,6 +105,18 @@ def test_tables_agree_with_the_masks_they_summarise(saved):
                     np.testing.assert_allclose(worst[b, layer], each.min(axis=0), rtol=1e-5)
 
 
+def test_whole_clip_density_weighs_steps_and_counts_dense_first_steps_as_one(saved):
+    path, _, _ = saved
+    with Profile.open(path) as profile:
+        meta = profile.meta
+        per_bin = profile.densities(0.97).mean(axis=(1, 2))
+        per_step = np.array([per_bin[meta.bin_of_step(step)] for step in range(meta.num_steps)])
+        assert profile.density(0.97) == pytest.approx(per_step.mean())
+        first = meta.step_bins[0][1]  # the first bin's steps
+        assert profile.density(0.97, first) == pytest.approx((first + per_step[first:].sum()) / meta.num_steps)
+        assert profile.density(0.97, meta.num_steps) == 1.0
+
+
 def test_threshold_outside_the_range_is_refused(saved):
     path, *_ = saved
     with Profile.open(path) as profile:
