@@ -67,8 +67,8 @@ class MainWindow(QMainWindow):
         self.settings = settings
         self.persist = persist
         self.model = model or ProfileModel(read_float(settings, "threshold", DEFAULT_THRESHOLD))
-        # Whether tau was chosen (command line, the last session, the slider): else a model's recommended
-        # threshold applies when its shipped profile opens by itself.
+        # Whether tau was chosen (command line, the last session, the slider, an earlier profile): else the
+        # model's recommended threshold applies when a profile opens.
         self._threshold_chosen = threshold_given or settings.contains("threshold")
         self.engine = engine or EngineClient.from_settings(settings)
         self.engine.setParent(self)
@@ -224,16 +224,23 @@ class MainWindow(QMainWindow):
         if path:
             self.open_profile(path)
 
-    def open_profile(self, path: str | Path, remember: bool = True) -> bool:
+    def open_profile(self, path: str | Path, remember: bool = True, recommended: float | None = None) -> bool:
         """Open ``path``; on a bad file show one message box and keep the profile already open.
 
         ``remember`` records it as the last profile and its folder as the dialogs' folder (not for the
-        profile a bundled model ships inside the package)."""
+        profile a bundled model ships inside the package). While no tau was ever chosen, the threshold
+        becomes the model's recommended one: ``recommended``, else what the profile's calibration recorded."""
+        chosen = self._threshold_chosen
         try:
             self.model.open(path)
         except ProfileError as error:
             QMessageBox.critical(self, "Cannot open profile", str(error))
             return False
+        if not chosen:
+            settings = self.model.profile.meta.calibration.get("settings") or {}
+            tau = recommended if recommended is not None else settings.get("recommended_threshold")
+            if isinstance(tau, float):
+                self.model.set_threshold(tau)
         if not remember:
             return True
         folder = str(Path(path).resolve().parent)
@@ -340,9 +347,8 @@ class MainWindow(QMainWindow):
         the model's recommended threshold unless one was chosen."""
         shipped, recommended = defaults.get("profile"), defaults.get("threshold")
         if self.model.profile is None and isinstance(shipped, str) and Path(shipped).is_file():
-            opened = self.open_profile(shipped, remember=False)
-            if opened and not self._threshold_chosen and isinstance(recommended, float):
-                self.model.set_threshold(recommended)
+            self.open_profile(shipped, remember=False,
+                              recommended=recommended if isinstance(recommended, float) else None)
 
     # -- drag and drop --------------------------------------------------------------------------------------
     @staticmethod

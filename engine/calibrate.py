@@ -28,6 +28,7 @@ class CalibrationSettings:
     negative_prompt: str = ""
     seed: int = 0
     block: int = 128
+    recommended_threshold: float | None = None  # the model's; the studio starts a fresh session's tau there
 
 
 def equal_step_bins(steps: int, bins: int) -> tuple[tuple[int, int], ...]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from calibstudio.cli import build_parser
-from calibstudio.engine.profile import build_profile
+from calibstudio.engine.profile import Profile, build_profile
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -125,6 +125,8 @@ def test_calibrate_generate_compare_on_the_tiny_model(tmp_path):
     result = run("calibrate", "--model", "tiny", "--limit", "2", "--block", "16", "--bins", "2", "--out", str(profile))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "wrote" in result.stdout and profile.is_file()
+    with Profile.open(profile) as written:  # the studio starts a fresh session's tau at the model's recommended one
+        assert written.meta.calibration["settings"]["recommended_threshold"] == 0.999
     out = tmp_path / "compare"
     result = run("compare", "--model", "tiny", "--profile", str(profile), "-t", "0.9", "--prompt", "a red circle",
                  "--out-dir", str(out))

@@ -112,3 +112,30 @@ def test_slider_keeps_every_view_live_under_50ms(dark_app, qtbot, settings_file,
         times.sort()
         print(tab.__class__.__name__, [round(1000 * t, 1) for t in times])
         assert times[len(times) // 2] < 0.050, (tab, times)
+
+
+def test_a_profile_opened_by_hand_starts_at_its_models_recommended_threshold(dark_app, qtbot, settings_file,
+                                                                            small_profile, other_profile,
+                                                                            monkeypatch):
+    from calibstudio.engine.profile import Profile
+
+    real_open = Profile.open
+
+    def calibrated_for_a_model_recommending(path):  # what `calibstudio calibrate` records
+        profile = real_open(path)
+        profile.meta.calibration["settings"] = {"recommended_threshold": 0.95}
+        return profile
+
+    monkeypatch.setattr(Profile, "open", staticmethod(calibrated_for_a_model_recommending))
+    win = MainWindow(open_settings(settings_file), persist=False)
+    qtbot.addWidget(win)
+    assert win.open_profile(small_profile)
+    assert win.model.threshold == 0.95, "no tau was ever chosen: the profile's recommended one applies"
+    win.model.set_threshold(0.999)
+    assert win.open_profile(other_profile)
+    assert win.model.threshold == 0.999, "once a tau is in use, opening another profile keeps it"
+    settings = open_settings(settings_file)
+    settings.setValue("threshold", 0.99)
+    remembered = MainWindow(settings, persist=False)
+    qtbot.addWidget(remembered)
+    assert remembered.open_profile(small_profile) and remembered.model.threshold == 0.99
