@@ -150,7 +150,8 @@ SCHEMA: dict[str, dict[str, dict[str, Any]]] = {
         "hello": {},  # optional: "client" (name/version); result payload: engine, protocol, device
         "load_model": {"model": str},  # adapter name ("demo", "wan2.1") or a local diffusers folder
         "calibrate": {"profile": str},  # where to write the profile; optional: prompts, steps, bins
-        # optional "profile" for sparse generate and compare: default the model's shipped one
+        # optional for sparse generate and compare: "profile" (default the model's shipped one), "threshold"
+        # (default the model's recommended one), "dense_steps" (first steps run dense; default 0)
         "generate": {"prompt": str, "seed": int, "mode": Literal["dense", "sparse"]},
         "compare": {"prompt": str, "seed": int},  # dense and sparse in lockstep from one seed
         "get_mask": {"bin": int, "layer": int, "head": int},  # optional: "job" or "profile", "tau"
