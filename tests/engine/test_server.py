@@ -106,6 +106,10 @@ def test_compare_streams_timings_and_previews(engine, tmp_path):
     assert mask["event"] == "mask" and mask["shape"] == [6, 6] and engine.next()["event"] == "result"
     engine.send({"cmd": "get_mask", "id": "m2", "bin": 0, "layer": 0, "head": 0, "profile": str(tmp_path / "no")})
     assert engine.next()["code"] == "bad_profile"
+    engine.send({"cmd": "compare", "id": "d", "prompt": "a red circle", "seed": 2, "profile": str(profile),
+                 "dense_steps": 99})
+    reply = engine.until(lambda e: e["event"] in ("result", "error"))[-1]
+    assert reply["code"] == "bad_request" and "dense steps must be 0.." in reply["message"], reply
 
 
 def test_a_model_with_a_shipped_profile_compares_without_one(engine):
