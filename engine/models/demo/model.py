@@ -117,10 +117,11 @@ def load_demo(folder: str | Path | None = None, device: str = "cpu") -> DemoPipe
     from safetensors.torch import load_file
 
     folder = Path(folder) if folder is not None else default_folder()
+    fix = ("reinstall calibstudio" if folder == default_folder()
+           else "export it again with `python -m calibstudio.engine.models.demo.train`")
     missing = [name for name in (CONFIG, WEIGHTS) if not (folder / name).is_file()]
     if missing:
-        raise ModelLoadError(f"the demo model in {folder} lacks {', '.join(missing)}; reinstall calibstudio, or "
-                             f"train it with `python -m calibstudio.engine.models.demo.train`")
+        raise ModelLoadError(f"the demo model in {folder} lacks {', '.join(missing)}; {fix}")
     try:
         config = json.loads((folder / CONFIG).read_text())
         vocab = list(config["vocab"])
@@ -129,7 +130,7 @@ def load_demo(folder: str | Path | None = None, device: str = "cpu") -> DemoPipe
         pipe = DemoPipeline(transformer, text_encoder, vocab, name_or_path=NAME, defaults=config.get("defaults"))
         pipe.load_state_dict({k: v.float() for k, v in load_file(folder / WEIGHTS).items()})
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
-        raise ModelLoadError(f"the demo model in {folder} is damaged ({error}); reinstall calibstudio") from None
+        raise ModelLoadError(f"the demo model in {folder} is damaged ({error}); {fix}") from None
     transformer.eval()
     text_encoder.eval()
     return pipe.to(device)

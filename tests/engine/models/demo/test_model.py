@@ -139,5 +139,5 @@ def test_a_trained_demo_folder_loads_as_a_model_with_its_own_defaults(demo, tmp_
     assert loaded.threshold(None) == 0.95 and loaded.defaults["frames"] == 16
     assert loaded.profile == tmp_path / PROFILE and loaded.available_profile is None  # none calibrated yet
     (tmp_path / WEIGHTS).unlink()
-    with pytest.raises(ModelLoadError, match="lacks model.safetensors"):
+    with pytest.raises(ModelLoadError, match="lacks model.safetensors; export it again"):
         load_model(str(tmp_path), "cpu")
