@@ -67,8 +67,8 @@ class MainWindow(QMainWindow):
         self.settings = settings
         self.persist = persist
         self.model = model or ProfileModel(read_float(settings, "threshold", DEFAULT_THRESHOLD))
-        # Whether tau was chosen (command line, the last session, the slider, an earlier profile): else the
-        # model's recommended threshold applies when a profile opens.
+        # Whether tau was chosen (command line, the last session, the slider, a recommendation already
+        # applied): else the recommended threshold of the model a profile was calibrated for applies when it opens.
         self._threshold_chosen = threshold_given or settings.contains("threshold")
         self.engine = engine or EngineClient.from_settings(settings)
         self.engine.setParent(self)
@@ -224,23 +224,16 @@ class MainWindow(QMainWindow):
         if path:
             self.open_profile(path)
 
-    def open_profile(self, path: str | Path, remember: bool = True, recommended: float | None = None) -> bool:
+    def open_profile(self, path: str | Path, remember: bool = True) -> bool:
         """Open ``path``; on a bad file show one message box and keep the profile already open.
 
         ``remember`` records it as the last profile and its folder as the dialogs' folder (not for the
-        profile a bundled model ships inside the package). While no tau was ever chosen, the threshold
-        becomes the model's recommended one: ``recommended``, else what the profile's calibration recorded."""
-        chosen = self._threshold_chosen
+        profile a bundled model ships inside the package)."""
         try:
             self.model.open(path)
         except ProfileError as error:
             QMessageBox.critical(self, "Cannot open profile", str(error))
             return False
-        if not chosen:
-            settings = self.model.profile.meta.calibration.get("settings") or {}
-            tau = recommended if recommended is not None else settings.get("recommended_threshold")
-            if isinstance(tau, float):
-                self.model.set_threshold(tau)
         if not remember:
             return True
         folder = str(Path(path).resolve().parent)
@@ -255,6 +248,9 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"{profile.path.name} — CalibAtt Studio")
         self.profile_label.setText(f"{profile.path.name}  ({meta.model.get('name', '?')})")
         self.profile_label.setToolTip(str(profile.path))
+        recommended = (meta.calibration.get("settings") or {}).get("recommended_threshold")
+        if not self._threshold_chosen and isinstance(recommended, float):  # however the profile was opened
+            self.model.set_threshold(recommended)
         f, h, w = meta.grid
         self.grid_label.setText(f"grid {f}×{h}×{w} = {meta.tokens:,} tokens · {meta.nq}×{meta.nk} blocks of "
                                 f"{meta.block_size[0]} · {meta.layers} layers × {meta.heads} heads · "
@@ -347,8 +343,9 @@ class MainWindow(QMainWindow):
         the model's recommended threshold unless one was chosen."""
         shipped, recommended = defaults.get("profile"), defaults.get("threshold")
         if self.model.profile is None and isinstance(shipped, str) and Path(shipped).is_file():
-            self.open_profile(shipped, remember=False,
-                              recommended=recommended if isinstance(recommended, float) else None)
+            opened = self.open_profile(shipped, remember=False)
+            if opened and not self._threshold_chosen and isinstance(recommended, float):  # a profile that
+                self.model.set_threshold(recommended)  # predates recorded recommendations
 
     # -- drag and drop --------------------------------------------------------------------------------------
     @staticmethod
