@@ -60,16 +60,16 @@ DEFAULT_MODEL = "demo"
 def load_model(spec: str = DEFAULT_MODEL, device: str | None = None) -> LoadedModel:
     """Load ``spec`` (``demo``, a Wan or demo model folder, or ``tiny``) onto ``device`` (default: CUDA if present)."""
     device = device or default_device()
+    if spec == "tiny":
+        from calibstudio.engine.models.tiny import tiny_wan_pipeline
+
+        return LoadedModel(tiny_wan_pipeline().to(device), WanAdapter(), TINY_DEFAULTS)
     if spec == "demo" or is_demo_folder(spec):  # the bundled demo model, or one exported by its training
         from calibstudio.engine.models.demo.model import DemoAdapter, default_folder, load_demo
 
         folder = default_folder() if spec == "demo" else Path(spec)
         pipe = load_demo(folder, device=device)
         return LoadedModel(pipe, DemoAdapter(), pipe.defaults, "demo_prompts.txt", folder / PROFILE)
-    if spec == "tiny":
-        from calibstudio.engine.models.tiny import tiny_wan_pipeline
-
-        return LoadedModel(tiny_wan_pipeline().to(device), WanAdapter(), TINY_DEFAULTS)
     if not Path(spec).exists():
         raise ModelLoadError(f"model {spec!r} is neither 'demo', 'tiny' nor a local model folder; "
                              f"pass the folder of a downloaded Wan2.1-T2V-*-Diffusers model")
