@@ -176,13 +176,18 @@ class BlockLayout:
         return m.repeat_interleave(self.block_k, dim=2)[:, :, : self.k_len]
 
     def row_order(self) -> torch.Tensor:
-        """Flat (head * nq + qb) row ids, heaviest rows first: the Triton kernel's launch order.
+        """Flat (head * nq + qb) row ids, head by head, heaviest rows of a head first: the Triton kernel's
+        launch order.
 
-        Launching the longest rows first lets the short ones fill the tail of the grid (LPT scheduling).
+        Head-major so that the programs in flight share one head's K/V in L2 (a global heaviest-first
+        order mixes every head and streams K/V from HBM: 10-25% slower on an H100 at densities 1/16-1/4);
+        within a head, the longest rows first let the short ones fill the tail (LPT scheduling).
         """
         if "row_order" not in self._cache:
-            flat = self.kv_count.reshape(-1)
-            self._cache["row_order"] = torch.argsort(flat, descending=True, stable=True).to(torch.int32)
+            heads, nq = self.kv_count.shape
+            within = torch.argsort(self.kv_count, dim=1, descending=True, stable=True)
+            base = torch.arange(heads, device=within.device)[:, None] * nq
+            self._cache["row_order"] = (within + base).reshape(-1).to(torch.int32)
         return self._cache["row_order"]
 
     def triton_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -3,8 +3,9 @@
 One program owns one (batch, head, query tile) and walks only the kept key blocks of its query block
 (``kv_index``), with an online softmax in base 2 and fp32 accumulation. Inputs are read in place from
 strided (B, S, H, D) tensors; S need not be a multiple of the block size (the key tail is masked only
-on the last kept block, the query tail only on load/store). Programs are launched heaviest row first
-(``BlockLayout.row_order``) so that short rows fill the end of the grid.
+on the last kept block, the query tail only on load/store). Programs are launched head by head, heaviest
+row of a head first (``BlockLayout.row_order``): programs in flight share one head's K/V in L2, and short
+rows fill the end of the grid.
 """
 
 from __future__ import annotations

@@ -68,6 +68,20 @@ def test_layout_dense_and_single_block():
     torch.testing.assert_close(cpu_sparse_attention(q, k, v, s), reference_attention(q, k, v, s), atol=1e-5, rtol=0)
 
 
+def test_layout_launch_order_head_by_head_heaviest_first():
+    """The Triton launch order visits every row once, a whole head at a time (its K/V stays in L2), and the
+    longest rows of a head first."""
+    mask = random_block_mask(3, 7, 9, 0.4, seed=2)
+    lay = BlockLayout.from_mask(mask, 16, 16)
+    order = lay.row_order().long()
+    assert sorted(order.tolist()) == list(range(3 * 7))
+    heads = order // 7
+    assert torch.equal(heads, torch.arange(3).repeat_interleave(7))
+    counts = lay.kv_count.reshape(-1)[order].view(3, 7)
+    assert (counts[:, :-1] >= counts[:, 1:]).all()
+    assert not torch.equal(counts.reshape(-1), lay.kv_count.reshape(-1))  # the mask's rows differ: sorted
+
+
 def test_layout_rejects_bad_lengths():
     with pytest.raises(ValueError, match="q_len"):
         BlockLayout.from_mask(torch.ones(1, 2, 2, dtype=torch.bool), 128, 128, 300, 256)
