@@ -51,10 +51,19 @@ def _gpu_name() -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-") or "gpu"
 
 
-def _bench_gpu(fn: Callable[[], Any], rep: int = 200) -> float | None:
+def _bench_gpu(fn: Callable[[], Any], rep: int = 200, samples: int = 10) -> float | None:
+    """Median ms of ``fn``; at least ``samples`` timed calls (``do_bench``'s ``rep`` is a time budget in ms,
+    which a 200 ms call at 720p would spend on a single sample)."""
     from triton.testing import do_bench
 
     try:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        fn()
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        rep = max(rep, int(samples * start.elapsed_time(end)) + 1)
         return float(do_bench(fn, warmup=50, rep=rep, return_mode="median"))
     except Exception as e:  # a backend failing must not lose the rest of the table
         _log(f"    ! {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")

@@ -37,15 +37,23 @@ def _mass_kernel(
     sqb, sqs, sqh,
     skb, sks, skh,
     slb, slh,
-    nq, nk, q_len, k_len,
+    nq, nk, q_len, k_len, heads,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
-    CHUNK: tl.constexpr, EVEN_K: tl.constexpr, FAST_EXP: tl.constexpr, PRECISION: tl.constexpr,
+    CHUNK: tl.constexpr, KEY_BLOCKS: tl.constexpr, EVEN_K: tl.constexpr, FAST_EXP: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
+    """One program: BLOCK_M query rows against KEY_BLOCKS consecutive key blocks (its key range).
+
+    Query tiles vary fastest in the grid, so the programs in flight read the same key range: it stays in
+    L2 (a whole head's K is 19 MB at 720p, which the programs of a head-long walk stream from HBM).
+    """
     SPLIT_M: tl.constexpr = BLOCK_Q // BLOCK_M
     pid = tl.program_id(0)
     qblk = pid // SPLIT_M
-    h = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
+    k0 = tl.program_id(1) * KEY_BLOCKS
+    bh = tl.program_id(2)
+    h = (bh % heads).to(tl.int64)
+    b = (bh // heads).to(tl.int64)
     offs_m = qblk * BLOCK_Q + (pid % SPLIT_M) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_K)
@@ -55,29 +63,30 @@ def _mass_kernel(
                 mask=row_ok[:, None], other=0.0)
     # Rows past q_len get lse=+inf, so their probabilities are exactly 0.
     lse2 = tl.load(LSE + b * slb + h * slh + offs_m, mask=row_ok, other=float("inf")) * 1.4426950408889634
-    k_base = K + b * skb + h * skh + offs_d[:, None] + offs_n[None, :].to(tl.int64) * sks
+    k_ptrs = K + b * skb + h * skh + offs_d[:, None] + (k0 * BLOCK_K + offs_n[None, :]).to(tl.int64) * sks
     out_row = OUT + (h * nq + qblk) * nk
+    k1 = tl.minimum(k0 + KEY_BLOCKS, nk)
     # Row sums of CHUNK consecutive key blocks stay in registers (one-hot columns); the reduction across
     # warps happens once per CHUNK blocks, so warps are not lock-stepped on every tile.
     part = tl.zeros([BLOCK_M, CHUNK], dtype=tl.float32)
-    n_main = nk if EVEN_K else nk - 1  # the partial last key block is peeled off: no masking in the loop
-    k_ptrs = k_base
-    for kb in range(0, n_main):
+    n_main = k1 if EVEN_K else tl.minimum(k1, nk - 1)  # the partial last key block is peeled off
+    for kb in range(k0, n_main):
         rs = _tile_rowsum(q, k_ptrs, lse2, qk_scale, kb * BLOCK_K, k_len,
                           BLOCK_K, False, FAST_EXP, PRECISION)
-        j = kb % CHUNK
+        j = (kb - k0) % CHUNK
         part += tl.where(cols[None, :] == j, rs[:, None], 0.0)
         if j == CHUNK - 1:
             tl.atomic_add(out_row + (kb - (CHUNK - 1)) + cols, tl.sum(part, 0))
             part = tl.zeros([BLOCK_M, CHUNK], dtype=tl.float32)
         k_ptrs += BLOCK_K * sks
     if not EVEN_K:
-        kb = nk - 1
-        rs = _tile_rowsum(q, k_ptrs, lse2, qk_scale, kb * BLOCK_K, k_len,
-                          BLOCK_K, True, FAST_EXP, PRECISION)
-        part += tl.where(cols[None, :] == kb % CHUNK, rs[:, None], 0.0)
-    base = (n_main // CHUNK) * CHUNK
-    pending = nk - base
+        if k1 == nk:
+            kb = nk - 1
+            rs = _tile_rowsum(q, k_ptrs, lse2, qk_scale, kb * BLOCK_K, k_len,
+                              BLOCK_K, True, FAST_EXP, PRECISION)
+            part += tl.where(cols[None, :] == (kb - k0) % CHUNK, rs[:, None], 0.0)
+    base = k0 + ((n_main - k0) // CHUNK) * CHUNK
+    pending = k1 - base
     if pending > 0:
         tl.atomic_add(out_row + base + cols, tl.sum(part, 0), mask=cols < pending)
 
@@ -116,8 +125,12 @@ def triton_block_mass(
     num_warps: int | None = None,
     num_stages: int = 2,
     chunk: int = 16,
+    key_blocks: int = 128,
 ) -> torch.Tensor:
     """Block mass ``[H, nq, nk]`` (float32, added into ``out``) from (B, S, H, D) q, k and LSE ``[B, H, Sq]``.
+
+    ``key_blocks``: key blocks per program (rounded up to a multiple of ``chunk``); a program's key range
+    is what the programs in flight share in L2.
 
     ``fast_exp``: 1 uses packed f16 exp2 (~1e-3 relative per probability, twice the exp rate), 2 the
     flush-to-zero f32 exp2 (exact to fp32 rounding); 0/None is ``tl.math.exp2``.
@@ -135,14 +148,15 @@ def triton_block_mass(
     block_m = min(block_q, block_m or (128 if q.is_cuda else 32))
     num_warps = num_warps or (4 if block_m <= 64 else 8)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    _mass_kernel[(nq * (block_q // block_m), H, B)](
+    key_blocks = -(-min(key_blocks, nk) // chunk) * chunk
+    _mass_kernel[(nq * (block_q // block_m), -(-nk // key_blocks), B * H)](
         q, k, lse, out,
         scale * _LOG2E,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         lse.stride(0), lse.stride(1),
-        nq, nk, Sq, Sk,
-        HEAD_DIM=D, BLOCK_Q=block_q, BLOCK_K=block_k, BLOCK_M=block_m, CHUNK=chunk,
+        nq, nk, Sq, Sk, H,
+        HEAD_DIM=D, BLOCK_Q=block_q, BLOCK_K=block_k, BLOCK_M=block_m, CHUNK=chunk, KEY_BLOCKS=key_blocks,
         EVEN_K=Sk % block_k == 0, FAST_EXP=fast_exp,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps, num_stages=num_stages,

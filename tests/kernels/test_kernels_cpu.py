@@ -184,10 +184,14 @@ def test_triton_fwd_interpreted_strided_default_config():
 @pytest.mark.parametrize("S", [64, 200, 333])
 @pytest.mark.parametrize("D", [64, 128])
 def test_triton_mass_interpreted(S, D):
-    q, k, _ = _qkv(2 if S == 200 else 1, S, 1, D, S * D)
+    q, k, _ = _qkv(2 if S == 200 else 1, S, 2 if S == 333 else 1, D, S * D)
     lse = reference_lse(q, k)
+    ref = reference_block_mass(q, k, 64, 64)
     got = triton_block_mass(q, k, lse, 64, 64, num_warps=4, num_stages=1, chunk=4)
-    torch.testing.assert_close(got, reference_block_mass(q, k, 64, 64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+    # programs over key ranges of 2 blocks: 333 tokens = 6 key blocks, the last one partial
+    got = triton_block_mass(q, k, lse, 64, 64, num_warps=4, num_stages=1, chunk=2, key_blocks=2)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="interpreter tests run where there is no GPU")
