@@ -248,9 +248,8 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"{profile.path.name} — CalibAtt Studio")
         self.profile_label.setText(f"{profile.path.name}  ({meta.model.get('name', '?')})")
         self.profile_label.setToolTip(str(profile.path))
-        recommended = (meta.calibration.get("settings") or {}).get("recommended_threshold")
-        if not self._threshold_chosen and isinstance(recommended, float):  # however the profile was opened
-            self.model.set_threshold(recommended)
+        if not self._threshold_chosen and meta.recommended_threshold is not None:  # however it was opened
+            self.model.set_threshold(meta.recommended_threshold)
         f, h, w = meta.grid
         self.grid_label.setText(f"grid {f}×{h}×{w} = {meta.tokens:,} tokens · {meta.nq}×{meta.nk} blocks of "
                                 f"{meta.block_size[0]} · {meta.layers} layers × {meta.heads} heads · "

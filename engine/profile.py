@@ -89,6 +89,12 @@ class ProfileMeta:
         return self.grid[0] * self.grid[1] * self.grid[2]
 
     @property
+    def recommended_threshold(self) -> float | None:
+        """The calibrated model's recommended tau, recorded at calibration (None in older profiles)."""
+        value = (self.calibration.get("settings") or {}).get("recommended_threshold")
+        return float(value) if isinstance(value, (int, float)) else None
+
+    @property
     def nq(self) -> int:
         return -(-self.tokens // self.block_size[0])
 

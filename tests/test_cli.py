@@ -75,6 +75,14 @@ def test_profile_show_reports_density_per_layer_and_head(profile_path):
     assert text.returncode == 0 and "bin 1" in text.stdout and "retained mass mean" in text.stdout
 
 
+def test_profile_show_defaults_to_the_recorded_recommended_threshold(profile_path):
+    from calibstudio.engine.models.demo.model import default_folder
+
+    shipped = json.loads(run("profile", "show", str(default_folder() / "profile.safetensors"), "--json").stdout)
+    assert shipped["threshold"] == 0.9  # what the demo model's calibration recorded
+    assert json.loads(run("profile", "show", str(profile_path), "--json").stdout)["threshold"] == 0.999
+
+
 @pytest.mark.parametrize("content", [b"", b"garbage" * 50, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":"])
 def test_bad_files_get_one_line_and_nonzero_exit(tmp_path, content):
     bad = tmp_path / "bad.safetensors"

@@ -105,10 +105,11 @@ def _profile_show(args: argparse.Namespace) -> int:
 
     with _open_profile(args.file) as profile:
         meta = profile.meta
+        threshold = args.threshold if args.threshold is not None else (meta.recommended_threshold or 0.999)
         try:
-            densities = profile.densities(args.threshold)
-            mean, worst = profile.retained(args.threshold)
-            effective = profile.effective_threshold(args.threshold)
+            densities = profile.densities(threshold)
+            mean, worst = profile.retained(threshold)
+            effective = profile.effective_threshold(threshold)
         except ProfileError as error:
             raise CliError(str(error)) from None
         bins = range(meta.bins) if args.bin is None else [args.bin]
@@ -120,7 +121,7 @@ def _profile_show(args: argparse.Namespace) -> int:
         retained_mean = float(mean[pick].mean())
         retained_worst = float(worst[pick].min())
         report = {
-            "threshold": args.threshold,
+            "threshold": threshold,
             "effective_threshold": effective,
             "bins": pick,
             "density": float(layer_head.mean()),
@@ -132,7 +133,7 @@ def _profile_show(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     scope = "all bins (step-weighted)" if args.bin is None else f"bin {args.bin} (steps {meta.step_bins[args.bin]})"
-    print(f"threshold {args.threshold} (applied {effective:.6f}), {scope}")
+    print(f"threshold {threshold} (applied {effective:.6f}), {scope}")
     print(f"density {report['density']:.1%}; retained mass mean {retained_mean:.5f}, worst prompt {retained_worst:.5f}")
     print("density % per layer (rows) and head (columns):")
     print("layer " + " ".join(f"{h:>4}" for h in range(meta.heads)))
@@ -305,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Density per layer and head and retained attention mass (mean over "
                                           "calibration prompts and worst prompt) at a retained-mass threshold.")
     show.add_argument("file", help="profile file (.safetensors)")
-    _threshold_option(show, 0.999)
+    _threshold_option(show, "the one recorded in the profile for its model, else 0.999")
     show.add_argument("--bin", type=int, help="one step bin (default: all bins, weighted by their steps)")
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")
     show.set_defaults(run=_profile_show)
