@@ -44,8 +44,9 @@ def _mass_kernel(
 ):
     """One program: BLOCK_M query rows against KEY_BLOCKS consecutive key blocks (its key range).
 
-    Query tiles vary fastest in the grid, so the programs in flight read the same key range: it stays in
-    L2 (a whole head's K is 19 MB at 720p, which the programs of a head-long walk stream from HBM).
+    Query tiles vary fastest in the grid, so the programs in flight read the same key range and it stays in
+    L2 (a head's whole K is 19 MB at 720p: programs that each walk all of it drift apart and stream it from
+    HBM; 128 -> 119 ms on an H100).
     """
     SPLIT_M: tl.constexpr = BLOCK_Q // BLOCK_M
     pid = tl.program_id(0)
