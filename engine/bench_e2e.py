@@ -38,9 +38,9 @@ def _inputs(res: str, frames: int, config: dict, device: str, dtype: torch.dtype
 
 def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
     if device == "cuda":
-        import triton.testing
+        from calibstudio.kernels.bench import median_ms
 
-        return lambda fn: float(triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median"))
+        return lambda fn: median_ms(fn, rep=300)
 
     def cpu(fn: Callable[[], Any]) -> float:
         import time

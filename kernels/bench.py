@@ -51,20 +51,27 @@ def _gpu_name() -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-") or "gpu"
 
 
-def _bench_gpu(fn: Callable[[], Any], rep: int = 200, samples: int = 10) -> float | None:
-    """Median ms of ``fn``; at least ``samples`` timed calls (``do_bench``'s ``rep`` is a time budget in ms,
-    which a 200 ms call at 720p would spend on a single sample)."""
+def median_ms(fn: Callable[[], Any], rep: int = 200, samples: int = 10) -> float:
+    """Median ms of ``fn`` on the GPU over at least ``samples`` timed calls.
+
+    ``do_bench``'s ``rep`` is a time budget in ms: alone, it times a 200 ms call (720p attention, a
+    transformer step) once. One timed call first sizes the budget.
+    """
     from triton.testing import do_bench
 
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    fn()
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    rep = max(rep, int(samples * start.elapsed_time(end)) + 1)
+    return float(do_bench(fn, warmup=50, rep=rep, return_mode="median"))
+
+
+def _bench_gpu(fn: Callable[[], Any], rep: int = 200) -> float | None:
     try:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        fn()
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        rep = max(rep, int(samples * start.elapsed_time(end)) + 1)
-        return float(do_bench(fn, warmup=50, rep=rep, return_mode="median"))
+        return median_ms(fn, rep)
     except Exception as e:  # a backend failing must not lose the rest of the table
         _log(f"    ! {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
         return None
