@@ -14,6 +14,7 @@ stays the model's own and the calibrated sparse one only drops what it learned t
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from calibstudio.engine.attention_hook import dense_attention
 
@@ -41,27 +42,39 @@ class LocalityPenalty:
     """Use as an ``AttentionHook`` ``dense_fn``: dense attention, plus the out-of-window mass of ``sample`` clips.
 
     ``take()`` returns the mean over the calls since the last ``take()`` (one per self-attention
-    layer and forward) and starts afresh.
+    layer and forward) and starts afresh. With ``restrict_from`` set, the batch rows from that index
+    on attend inside their windows only — what a sparse step that keeps just the windows computes —
+    so that training can ask for the same prediction with and without the far keys.
     """
 
     def __init__(self, grid: tuple[int, int, int], heads: int, block: int = 128, sample: int = 8,
                  device: str | torch.device = "cpu") -> None:
         windows = locality_windows(grid, heads, block).to(device)
         tokens = grid[0] * grid[1] * grid[2]
-        self.outside = ~windows.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :tokens, :tokens]
+        self.inside = windows.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :tokens, :tokens]
         self.sample = sample
+        self.restrict_from: int | None = None
         self._terms: list[torch.Tensor] = []
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         n = min(self.sample, q.shape[0])
         if n and torch.is_grad_enabled():
             self._terms.append(self.outside_mass(q[:n], k[:n]).mean())
-        return dense_attention(q, k, v)
+        r = self.restrict_from
+        if r is None:
+            return dense_attention(q, k, v)
+        return torch.cat([dense_attention(q[:r], k[:r], v[:r]), self.windowed_attention(q[r:], k[r:], v[r:])])
+
+    def windowed_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention over each head's window only ((B, S, H, D) inputs)."""
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=self.inside)
+        return out.transpose(1, 2)
 
     def outside_mass(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """``[B, H, S]``: the softmax mass each query puts outside its head's window ((B, S, H, D) inputs)."""
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k).float() * q.shape[-1] ** -0.5
-        return (scores.masked_fill(~self.outside, float("-inf")).logsumexp(-1) - scores.logsumexp(-1)).exp()
+        return (scores.masked_fill(self.inside, float("-inf")).logsumexp(-1) - scores.logsumexp(-1)).exp()
 
     def take(self) -> torch.Tensor:
         if not self._terms:

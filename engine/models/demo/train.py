@@ -124,7 +124,7 @@ def train(args: argparse.Namespace) -> dict:
     pipe = DemoPipeline.fresh(args.seed)
     state_file, log_file = out / "state.json", out / "train_log.jsonl"
     state = {"step": 0, "elapsed_s": 0.0, "seed": args.seed, "batch": args.batch, "steps": args.steps,
-             "texture": args.texture, "locality": args.locality or 0.0}
+             "texture": args.texture, "locality": args.locality or 0.0, "consistency": args.consistency or 0.0}
     resumed_at, resuming = 0, args.resume and state_file.is_file()
     if args.init and not resuming:
         init = Path(args.init)
@@ -135,8 +135,9 @@ def train(args: argparse.Namespace) -> dict:
         state = json.loads(state_file.read_text())
         pipe.load_state_dict(_load_weights(out / "raw.safetensors"))
         resumed_at = state["step"]
-        if args.locality is not None:  # a resumed run may tighten or relax its prior
-            state["locality"] = args.locality
+        for knob in ("locality", "consistency"):  # a resumed run may tighten or relax its priors
+            if getattr(args, knob) is not None:
+                state[knob] = getattr(args, knob)
         print(f"resuming at step {resumed_at} ({state['elapsed_s'] / 60:.1f} min trained so far)", flush=True)
     pipe.to(device)
     modules = torch.nn.ModuleDict({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder})
@@ -154,7 +155,7 @@ def train(args: argparse.Namespace) -> dict:
     generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + resumed_at)
     unk = pipe.vocab.index(UNK)
     shift = pipe.scheduler.config.shift
-    step, started, losses, outsides = resumed_at, time.perf_counter(), [], []
+    step, started, losses, outsides, gaps = resumed_at, time.perf_counter(), [], [], []
 
     def save() -> None:
         save_weights(pipe.state_dict(), out / "raw.safetensors")
@@ -168,9 +169,12 @@ def train(args: argparse.Namespace) -> dict:
         return base_elapsed + time.perf_counter() - started
 
     modules.train()
-    locality = state.get("locality", 0.0)
+    locality, consistency, half = state.get("locality", 0.0), state.get("consistency", 0.0), args.batch // 2
     penalty = LocalityPenalty(scenes.DEFAULT_TOKEN_GRID, pipe.transformer.config.num_attention_heads,
-                              sample=args.locality_sample, device=device) if locality else None
+                              sample=args.locality_sample if locality else 0,
+                              device=device) if locality or consistency else None
+    if consistency:  # the second half of each batch repeats the first and attends inside the windows only
+        penalty.restrict_from = half
     # dense_fn=penalty.attend: the hook routes every self-attention through the penalty while training
     with AttentionHook(DemoAdapter(), pipe.transformer, dense_fn=penalty.attend) if penalty else nullcontext():
         for clips, ids in loader:
@@ -185,6 +189,8 @@ def train(args: argparse.Namespace) -> dict:
             noise = torch.randn(x0.shape, device=device, generator=generator)
             s = sigma.view(b, 1, 1, 1, 1)
             noisy = (1 - s) * x0 + s * noise
+            if consistency:  # same clip, caption, noise level and noise twice: dense, then windows only
+                x0, noise, noisy, sigma, ids = (torch.cat([t[:half], t[:half]]) for t in (x0, noise, noisy, sigma, ids))
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, args, resumed_at)
             with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
@@ -193,7 +199,11 @@ def train(args: argparse.Namespace) -> dict:
                                    return_dict=False)[0]
             loss = torch.nn.functional.mse_loss(velocity.float(), noise - x0)
             objective = loss
-            if penalty:
+            if consistency:
+                gap = torch.nn.functional.mse_loss(velocity[:half].float(), velocity[half:].float())
+                gaps.append(gap.detach())
+                objective = objective + consistency * gap
+            if locality:
                 outside = penalty.take()
                 outsides.append(outside.detach())
                 objective = loss + locality * outside
@@ -216,6 +226,9 @@ def train(args: argparse.Namespace) -> dict:
                 if outsides:
                     row["outside_mass"] = round(torch.stack(outsides).mean().item(), 4)
                     outsides.clear()
+                if gaps:
+                    row["dense_window_gap"] = round(torch.stack(gaps).mean().item(), 5)
+                    gaps.clear()
                 with log_file.open("a") as handle:
                     handle.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
@@ -235,6 +248,7 @@ def train(args: argparse.Namespace) -> dict:
             print("held-out adherence:", json.dumps(result["held_out_adherence"]), flush=True)
         card = {**result, "seed": args.seed, "batch": args.batch, "lr": args.lr, "ema": args.ema,
                 "texture": state.get("texture", 0.0), "locality": state.get("locality", 0.0),
+                "consistency": state.get("consistency", 0.0),
                 "device": device_name(device), "torch": torch.__version__}
         if "init" in state:
             card["init"] = state["init"]
@@ -265,6 +279,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "loss; 0 or unset: off; a resumed run keeps its own unless given")
     p.add_argument("--locality-sample", type=int, default=8,
                    help="clips of each batch the locality prior is measured on")
+    p.add_argument("--consistency", type=float,
+                   help="train each example twice, with dense self-attention and with attention inside the "
+                        "locality windows only, and add this weight x the squared difference of the two "
+                        "predictions: teaches the model to predict the same when a sparse step drops the far "
+                        "keys (halves the distinct clips per batch); 0 or unset: off; a resumed run keeps its "
+                        "own unless given")
     p.add_argument("--max-minutes", type=float, default=8.0, help="stop and checkpoint after this long")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--init", help="start from the weights of a saved demo model folder (fine-tune) instead of random")
@@ -275,7 +295,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-guidance", type=float, default=4.0)
     p.add_argument("--export-partial", action="store_true", help="export and score even if --steps not reached")
     p.add_argument("--plot", action="store_true", help="draw loss.png from the log (needs PySide6/pyqtgraph)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.consistency and args.batch < 2:
+        p.error("--consistency trains each example twice in one batch: it needs --batch 2 or more")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,3 +73,30 @@ def test_training_with_the_prior_logs_it_and_records_it_in_the_card(tmp_path):
     card = json.loads((tmp_path / "demo_model" / "config.json").read_text())["training"]
     assert card["locality"] == 0.1
     assert json.loads((tmp_path / "state.json").read_text())["locality"] == 0.1
+
+
+def test_restricted_rows_attend_inside_their_windows_only():
+    grid, heads, block, D = (4, 4, 8), 2, 16, 8
+    penalty = LocalityPenalty(grid, heads, block=block, sample=0)
+    penalty.restrict_from = 1
+    q, k, v = (torch.randn(2, 128, heads, D) for _ in range(3))
+    window = locality_windows(grid, heads, block).repeat_interleave(block, 1).repeat_interleave(block, 2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / D**0.5
+    probs = torch.softmax(scores.masked_fill(~window, float("-inf")), dim=-1)
+    want = torch.einsum("bhqk,bkhd->bqhd", probs, v)
+    out = penalty.attend(q, k, v)
+    torch.testing.assert_close(out[:1], dense_attention(q[:1], k[:1], v[:1]))  # rows before: dense
+    torch.testing.assert_close(out[1:], want[1:], atol=1e-5, rtol=1e-4)
+
+
+def test_consistency_training_logs_the_dense_window_gap_and_records_it(tmp_path):
+    from calibstudio.engine.models.demo.train import parse_args, train
+
+    train(parse_args(["--out", str(tmp_path), "--batch", "2", "--workers", "0", "--steps", "1", "--log-every", "1",
+                      "--eval-clips", "0", "--consistency", "1.0"]))
+    row = json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[0])
+    assert row["dense_window_gap"] > 0 and "outside_mass" not in row  # the prior itself is off
+    card = json.loads((tmp_path / "demo_model" / "config.json").read_text())["training"]
+    assert card["consistency"] == 1.0 and card["locality"] == 0.0
+    with pytest.raises(SystemExit):
+        parse_args(["--batch", "1", "--consistency", "1"])
