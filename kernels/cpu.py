@@ -1,9 +1,10 @@
 """CPU block-sparse attention that really skips work, so the demo shows a true speedup on a laptop.
 
 Query blocks of all heads are grouped by how many key blocks they keep; each group gathers its kept
-K/V blocks into one contiguous batch and runs two batched matmuls with a stable softmax in between.
-Grouping across heads (not head by head) gives fewer, larger batched calls: 2.6x over dense SDPA at
-density 0.25 on the demo model's shape (2 cores) where the per-head loop reached 2.2x.
+K/V blocks into one contiguous batch and runs one batched SDPA call on it (two batched matmuls with a
+stable softmax in between where the row LSE is asked for). Grouping across heads (not head by head)
+gives fewer, larger calls: 2.0-2.5x over dense SDPA at density 0.25 on the demo model's shape
+(2 cores; docs/benchmarks/kernels-cpu.json) where the per-head loop reached 2.2x at best.
 Work and memory are proportional to the kept blocks, not to S^2.
 """
 

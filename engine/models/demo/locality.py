@@ -19,11 +19,14 @@ import torch.nn.functional as F
 from calibstudio.engine.attention_hook import dense_attention
 
 
-def locality_windows(grid: tuple[int, int, int], heads: int, block: int) -> torch.Tensor:
+def locality_windows(grid: tuple[int, int, int], heads: int, block: int, anchor: bool = False) -> torch.Tensor:
     """``[heads, nb, nb]`` bool: the key blocks each query block of each head may use.
 
     ``grid``: latent (frames, height, width) in tokens, frame-major order; a latent frame must be
-    a whole number of blocks (so a block never straddles two frames).
+    a whole number of blocks (so a block never straddles two frames). ``anchor``: temporal heads also
+    see the same place in the first latent frame — one reach to a shared frame, so a decision that
+    concerns the whole clip (where the shape starts) can be read by every frame in one layer
+    instead of hopping one frame per layer (6 layers do not span 8 latent frames).
     """
     frames, height, width = grid
     per_frame = height * width
@@ -33,7 +36,8 @@ def locality_windows(grid: tuple[int, int, int], heads: int, block: int) -> torc
     b = torch.arange(frames * blocks_per_frame)
     frame, place = b // blocks_per_frame, b % blocks_per_frame
     same_frame = frame[:, None] == frame[None, :]
-    next_frame = ((frame[:, None] - frame[None, :]).abs() == 1) & (place[:, None] == place[None, :])
+    near = ((frame[:, None] - frame[None, :]).abs() == 1) | (anchor & (frame[None, :] == 0))
+    next_frame = near & (place[:, None] == place[None, :])
     temporal = (torch.arange(heads) % 2 == 1)[:, None, None]
     return torch.where(temporal, next_frame, same_frame)
 
@@ -48,8 +52,8 @@ class LocalityPenalty:
     """
 
     def __init__(self, grid: tuple[int, int, int], heads: int, block: int = 128, sample: int = 8,
-                 device: str | torch.device = "cpu") -> None:
-        windows = locality_windows(grid, heads, block).to(device)
+                 anchor: bool = False, device: str | torch.device = "cpu") -> None:
+        windows = locality_windows(grid, heads, block, anchor).to(device)
         tokens = grid[0] * grid[1] * grid[2]
         self.inside = windows.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :tokens, :tokens]
         self.sample = sample

@@ -124,7 +124,8 @@ def train(args: argparse.Namespace) -> dict:
     pipe = DemoPipeline.fresh(args.seed)
     state_file, log_file = out / "state.json", out / "train_log.jsonl"
     state = {"step": 0, "elapsed_s": 0.0, "seed": args.seed, "batch": args.batch, "steps": args.steps,
-             "texture": args.texture, "locality": args.locality or 0.0, "consistency": args.consistency or 0.0}
+             "texture": args.texture, "locality": args.locality or 0.0, "consistency": args.consistency or 0.0,
+             "locality_anchor": args.locality_anchor}
     resumed_at, resuming = 0, args.resume and state_file.is_file()
     if args.init and not resuming:
         init = Path(args.init)
@@ -138,6 +139,7 @@ def train(args: argparse.Namespace) -> dict:
         for knob in ("locality", "consistency"):  # a resumed run may tighten or relax its priors
             if getattr(args, knob) is not None:
                 state[knob] = getattr(args, knob)
+        state["locality_anchor"] = state.get("locality_anchor", False) or args.locality_anchor
         print(f"resuming at step {resumed_at} ({state['elapsed_s'] / 60:.1f} min trained so far)", flush=True)
     pipe.to(device)
     modules = torch.nn.ModuleDict({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder})
@@ -170,9 +172,11 @@ def train(args: argparse.Namespace) -> dict:
 
     modules.train()
     locality, consistency, half = state.get("locality", 0.0), state.get("consistency", 0.0), args.batch // 2
-    penalty = LocalityPenalty(scenes.DEFAULT_TOKEN_GRID, pipe.transformer.config.num_attention_heads,
-                              sample=args.locality_sample if locality else 0,
-                              device=device) if locality or consistency else None
+    penalty = None
+    if locality or consistency:
+        penalty = LocalityPenalty(scenes.DEFAULT_TOKEN_GRID, pipe.transformer.config.num_attention_heads,
+                                  sample=args.locality_sample if locality else 0,
+                                  anchor=state.get("locality_anchor", False), device=device)
     if consistency:  # the second half of each batch repeats the first and attends inside the windows only
         penalty.restrict_from = half
     # dense_fn=penalty.attend: the hook routes every self-attention through the penalty while training
@@ -248,7 +252,7 @@ def train(args: argparse.Namespace) -> dict:
             print("held-out adherence:", json.dumps(result["held_out_adherence"]), flush=True)
         card = {**result, "seed": args.seed, "batch": args.batch, "lr": args.lr, "ema": args.ema,
                 "texture": state.get("texture", 0.0), "locality": state.get("locality", 0.0),
-                "consistency": state.get("consistency", 0.0),
+                "consistency": state.get("consistency", 0.0), "locality_anchor": state.get("locality_anchor", False),
                 "device": device_name(device), "torch": torch.__version__}
         if "init" in state:
             card["init"] = state["init"]
@@ -277,6 +281,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weight of the locality prior (demo/locality.py): the self-attention mass outside each "
                         "head's window (own latent frame, or the same place in the next frames) is added to the "
                         "loss; 0 or unset: off; a resumed run keeps its own unless given")
+    p.add_argument("--locality-anchor", action="store_true",
+                   help="the temporal heads' windows (locality prior and --consistency) also hold the same place in "
+                        "the first latent frame, a frame every frame can read in one layer; a resumed run keeps it")
     p.add_argument("--locality-sample", type=int, default=8,
                    help="clips of each batch the locality prior is measured on")
     p.add_argument("--consistency", type=float,

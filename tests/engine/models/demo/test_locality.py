@@ -20,6 +20,15 @@ def test_windows_are_the_own_frame_or_the_same_place_next_door():
     assert abs(w.float().mean().item() - 0.117) < 1e-3  # what calibration can reach once the model obeys
 
 
+def test_anchored_temporal_windows_also_hold_the_same_place_in_the_first_frame():
+    plain = locality_windows((8, 16, 16), heads=2, block=128)
+    w = locality_windows((8, 16, 16), heads=2, block=128, anchor=True)
+    assert torch.equal(w[0], plain[0])  # spatial heads unchanged
+    assert w[1][12].nonzero().flatten().tolist() == [0, 10, 14]  # frame 6 top: frame 0, 5 and 7 top halves
+    assert w[1][0].nonzero().flatten().tolist() == [0, 2]  # the first frame: itself and its neighbour
+    assert w[1][13].nonzero().flatten().tolist() == [1, 11, 15]  # bottom halves stay bottom halves
+
+
 def test_a_frame_that_splits_a_block_is_refused():
     with pytest.raises(ValueError, match="whole number"):
         locality_windows((4, 10, 10), heads=2, block=128)
@@ -71,7 +80,7 @@ def test_training_with_the_prior_logs_it_and_records_it_in_the_card(tmp_path):
     row = json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[0])
     assert 0 < row["outside_mass"] < 1
     card = json.loads((tmp_path / "demo_model" / "config.json").read_text())["training"]
-    assert card["locality"] == 0.1
+    assert card["locality"] == 0.1 and card["locality_anchor"] is False
     assert json.loads((tmp_path / "state.json").read_text())["locality"] == 0.1
 
 
@@ -93,10 +102,10 @@ def test_consistency_training_logs_the_dense_window_gap_and_records_it(tmp_path)
     from calibstudio.engine.models.demo.train import parse_args, train
 
     train(parse_args(["--out", str(tmp_path), "--batch", "2", "--workers", "0", "--steps", "1", "--log-every", "1",
-                      "--eval-clips", "0", "--consistency", "1.0"]))
+                      "--eval-clips", "0", "--consistency", "1.0", "--locality-anchor"]))
     row = json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[0])
     assert row["dense_window_gap"] > 0 and "outside_mass" not in row  # the prior itself is off
     card = json.loads((tmp_path / "demo_model" / "config.json").read_text())["training"]
-    assert card["consistency"] == 1.0 and card["locality"] == 0.0
+    assert card["consistency"] == 1.0 and card["locality"] == 0.0 and card["locality_anchor"] is True
     with pytest.raises(SystemExit):
         parse_args(["--batch", "1", "--consistency", "1"])
