@@ -157,7 +157,7 @@ def train(args: argparse.Namespace) -> dict:
     generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + resumed_at)
     unk = pipe.vocab.index(UNK)
     shift = pipe.scheduler.config.shift
-    step, started, losses, outsides, gaps = resumed_at, time.perf_counter(), [], [], []
+    step, started, losses, objectives, outsides, gaps = resumed_at, time.perf_counter(), [], [], [], []
 
     def save() -> None:
         save_weights(pipe.state_dict(), out / "raw.safetensors")
@@ -210,7 +210,7 @@ def train(args: argparse.Namespace) -> dict:
             if locality:
                 outside = penalty.take()
                 outsides.append(outside.detach())
-                objective = loss + locality * outside
+                objective = objective + locality * outside
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
@@ -221,10 +221,13 @@ def train(args: argparse.Namespace) -> dict:
                 current = pipe.state_dict()
                 torch._foreach_lerp_([ema[k] for k in current], [current[k].float() for k in current], 1 - decay)
             losses.append(loss.detach())
+            objectives.append(objective.detach())
             if step % args.log_every == 0 or step == args.steps:
-                mean = torch.stack(losses).mean().item()
+                mean, total = torch.stack(losses).mean().item(), torch.stack(objectives).mean().item()
                 losses.clear()
-                row = {"step": step, "loss": round(mean, 5), "lr": lr_at(step, args, resumed_at),
+                objectives.clear()
+                row = {"step": step, "loss": round(mean, 5), "objective": round(total, 5),
+                       "lr": lr_at(step, args, resumed_at),
                        "elapsed_s": round(state_elapsed(), 1),
                        "samples_per_s": round((step - resumed_at) * args.batch / (time.perf_counter() - started), 1)}
                 if outsides:

@@ -7,6 +7,7 @@ import torch
 
 from calibstudio.engine.attention_hook import dense_attention
 from calibstudio.engine.models.demo.locality import LocalityPenalty, locality_windows
+from calibstudio.engine.models.demo.model import default_folder
 
 
 def test_windows_are_the_own_frame_or_the_same_place_next_door():
@@ -98,14 +99,18 @@ def test_restricted_rows_attend_inside_their_windows_only():
     torch.testing.assert_close(out[1:], want[1:], atol=1e-5, rtol=1e-4)
 
 
-def test_consistency_training_logs_the_dense_window_gap_and_records_it(tmp_path):
+def test_consistency_training_optimises_the_gap_with_the_prior_and_records_it(tmp_path):
     from calibstudio.engine.models.demo.train import parse_args, train
 
     train(parse_args(["--out", str(tmp_path), "--batch", "2", "--workers", "0", "--steps", "1", "--log-every", "1",
-                      "--eval-clips", "0", "--consistency", "1.0", "--locality-anchor"]))
+                      "--eval-clips", "0", "--consistency", "2.0", "--locality", "0.5", "--locality-sample", "1",
+                      "--locality-anchor", "--init", str(default_folder())]))  # trained: the two paths differ
     row = json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[0])
-    assert row["dense_window_gap"] > 0 and "outside_mass" not in row  # the prior itself is off
+    assert row["dense_window_gap"] > 1e-3 and 0 < row["outside_mass"] < 1
+    # both terms are in what the optimiser minimised (one was once dropped when both were on)
+    want = row["loss"] + 2.0 * row["dense_window_gap"] + 0.5 * row["outside_mass"]
+    assert abs(row["objective"] - want) < 1e-4
     card = json.loads((tmp_path / "demo_model" / "config.json").read_text())["training"]
-    assert card["consistency"] == 1.0 and card["locality"] == 0.0 and card["locality_anchor"] is True
+    assert card["consistency"] == 2.0 and card["locality"] == 0.5 and card["locality_anchor"] is True
     with pytest.raises(SystemExit):
         parse_args(["--batch", "1", "--consistency", "1"])
