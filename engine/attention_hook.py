@@ -12,7 +12,7 @@ Cross-attention is never touched.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import torch
@@ -31,6 +31,13 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     """Plain SDPA on diffusers' (B, S, H, D) layout."""
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
+
+
+class Recorder(Protocol):
+    """What ``record`` mode reports every self-attention call to, after computing it densely."""
+
+    def add(self, step: int, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            out: torch.Tensor) -> None: ...
 
 
 class MassRecorder:
@@ -53,7 +60,9 @@ class MassRecorder:
                 return b
         raise ProfileError(f"step {step} is outside the calibrated step bins {list(self.step_bins)}")
 
-    def add(self, step: int, layer: int, q: torch.Tensor, k: torch.Tensor) -> None:
+    def add(self, step: int, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            out: torch.Tensor) -> None:
+        """Record one dense call (``v`` and the output are not needed for mass)."""
         from calibstudio.kernels.mass import block_mass
 
         mass = block_mass(q, k, block_q=self.block[0], block_k=self.block[1])
@@ -81,7 +90,7 @@ class AttentionHook:
         step_source: Callable[[], int] | None = None,
         profile: Profile | None = None,
         threshold: float = 0.999,
-        recorder: MassRecorder | None = None,
+        recorder: Recorder | None = None,
         backend: str = "auto",
         layouts: Mapping[int, BlockLayout] | None = None,
         dense_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -90,7 +99,7 @@ class AttentionHook:
         if mode == "sparse" and profile is None and layouts is None:
             raise ValueError("sparse mode needs a profile (or fixed per-layer layouts)")
         if mode == "record" and recorder is None:
-            raise ValueError("record mode needs a MassRecorder")
+            raise ValueError("record mode needs a recorder (MassRecorder, ErrorRecorder)")
         self.adapter = adapter
         self.transformer = transformer
         self.mode: Mode = mode
@@ -175,6 +184,7 @@ class AttentionHook:
             layout = self.layout(self.profile.meta.bin_of_step(self.step_source()), layer, q.device)
             if layout is not None:
                 return sparse_attention(q, k, v, layout, backend=self.backend)
+        out = self.dense_fn(q, k, v)
         if self.mode == "record":
-            self.recorder.add(self.step_source(), layer, q, k)
-        return self.dense_fn(q, k, v)
+            self.recorder.add(self.step_source(), layer, q, k, v, out)
+        return out

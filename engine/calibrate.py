@@ -1,16 +1,23 @@
-"""Calibration: run the model densely on a few prompts, record block attention mass, write a profile."""
+"""Calibration: run the model densely on a few prompts, record block attention mass, write a profile.
+
+With an error bound, a second dense pass on the first prompts measures each head's attention-output
+error at a ladder of thresholds and gives the heads that need it a threshold floor
+(:mod:`calibstudio.engine.error_bound`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import tempfile
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from calibstudio.engine.attention_hook import AttentionHook, MassRecorder
+from calibstudio.engine.attention_hook import AttentionHook, MassRecorder, Recorder
+from calibstudio.engine.error_bound import CANDIDATES, ErrorRecorder, floors_for
 from calibstudio.engine.models.base import VideoModelAdapter
-from calibstudio.engine.profile import Profile, ProfileMeta, ProfileWriter
+from calibstudio.engine.profile import NEVER, THRESHOLDS, Profile, ProfileError, ProfileMeta, ProfileWriter
 from calibstudio.engine.progress import Progress
 from calibstudio.engine.trajectory import Trajectory
 
@@ -29,6 +36,8 @@ class CalibrationSettings:
     seed: int = 0
     block: int = 128
     recommended_threshold: float | None = None  # the model's; the studio starts a fresh session's tau there
+    error_bound: float | None = None  # relative attention-output error a head may have; None: mass only
+    error_prompts: int = 2  # how many of the prompts the error pass runs (one dense generation each)
 
 
 def equal_step_bins(steps: int, bins: int) -> tuple[tuple[int, int], ...]:
@@ -49,13 +58,20 @@ def calibrate(
 ) -> Profile:
     """Record block mass on ``prompts`` (seed ``settings.seed + i`` for prompt ``i``) and write ``out``.
 
-    Costs about one dense generation per prompt plus the mass kernel. Nothing is written unless
-    every prompt finished; a cancelled calibration leaves no file.
+    Costs about one dense generation per prompt plus the mass kernel, and with an error bound one
+    more per error prompt plus a sparse attention per candidate threshold. Nothing is written
+    unless every pass finished; a cancelled calibration leaves no file.
     """
     if not prompts:
         raise ValueError("calibration needs at least one prompt")
-    progress = progress or Progress()
     s = settings
+    if s.error_bound is not None and not (s.error_bound > 0 and s.error_prompts >= 1):
+        raise ValueError(f"error bound {s.error_bound} with {s.error_prompts} prompts: the bound must be positive "
+                         f"and the error pass needs at least one prompt")
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise ProfileError(f"cannot write {out}: folder {out.parent} does not exist; create it first")
+    progress = progress or Progress()
     grid = adapter.token_grid(pipe, s.height, s.width, s.frames)
     layers = sum(1 for _ in adapter.self_attention_modules(pipe.transformer))
     heads = pipe.transformer.config.num_attention_heads
@@ -64,19 +80,59 @@ def calibrate(
                        step_bins=bins, layers=layers, heads=heads,
                        calibration={"prompts": list(prompts), "settings": asdict(s)})
     recorder = MassRecorder(len(prompts), bins, layers, heads, meta.nq, meta.nk, (s.block, s.block))
-    total = len(prompts) * s.steps
+    checked = prompts[: s.error_prompts] if s.error_bound is not None else []
+    runs = _DensePasses(pipe, adapter, s, progress, (len(prompts) + len(checked)) * s.steps)
     for i, prompt in enumerate(prompts):
         recorder.prompt = i
-        hook = AttentionHook(adapter, pipe.transformer, mode="record", recorder=recorder)
-        trajectory = Trajectory(pipe, adapter, adapter.encode(pipe, prompt, s.negative_prompt, s.guidance_scale),
-                                adapter.initial_latents(pipe, s.height, s.width, s.frames, s.seed + i), s.steps, hook)
-        while not trajectory.done:
-            progress.update("calibrate", i * s.steps + trajectory.index, total)
-            trajectory.step()
-    progress.update("calibrate", total, total)
+        runs.run(i, prompt, recorder)
     writer = ProfileWriter(meta)
     for b in range(len(bins)):
         for layer in range(layers):
             per_prompt = recorder.mass[:, b, layer]
             writer.add(b, layer, per_prompt.sum(axis=0), per_prompt)
+    if checked:
+        with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=out.parent) as folder:
+            with Profile.open(writer.save(Path(folder) / "mass-only.safetensors")) as mass_only:
+                errors = ErrorRecorder(mass_only)
+                for i, prompt in enumerate(checked):
+                    runs.run(i, prompt, errors)
+        floors = floors_for(errors.relative_error(), s.error_bound)
+        for b, layer in zip(*np.nonzero(floors.any(axis=2)), strict=True):
+            per_prompt = recorder.mass[:, b, layer]
+            writer.add(b, layer, per_prompt.sum(axis=0), per_prompt, floors[b, layer])
+        writer.meta = replace(meta, calibration={**meta.calibration,
+                                                 "error_bound": _floor_report(errors, floors, s, len(checked))})
+    progress.update("calibrate", runs.total, runs.total)
     return Profile.open(writer.save(out))
+
+
+class _DensePasses:
+    """Dense trajectories with a recorder hooked in, reporting progress across every pass."""
+
+    def __init__(self, pipe: Any, adapter: VideoModelAdapter, settings: CalibrationSettings, progress: Progress,
+                 total: int) -> None:
+        self.pipe, self.adapter, self.settings, self.progress, self.total = pipe, adapter, settings, progress, total
+        self.done = 0
+
+    def run(self, i: int, prompt: str, recorder: Recorder) -> None:
+        s = self.settings
+        hook = AttentionHook(self.adapter, self.pipe.transformer, mode="record", recorder=recorder)
+        trajectory = Trajectory(self.pipe, self.adapter,
+                                self.adapter.encode(self.pipe, prompt, s.negative_prompt, s.guidance_scale),
+                                self.adapter.initial_latents(self.pipe, s.height, s.width, s.frames, s.seed + i),
+                                s.steps, hook)
+        while not trajectory.done:
+            self.progress.update("calibrate", self.done + trajectory.index, self.total)
+            trajectory.step()
+        self.done += s.steps
+
+
+def _floor_report(errors: ErrorRecorder, floors: np.ndarray, settings: CalibrationSettings,
+                  prompts: int) -> dict[str, Any]:
+    """What the error pass found, for the profile's metadata: the floored heads and the worst error."""
+    relative = errors.relative_error()
+    floored = [[int(b), int(layer), int(h), 1.0 if f == NEVER else round(float(THRESHOLDS[f]), 6)]
+               for b, layer, h in zip(*np.nonzero(floors), strict=True) for f in [floors[b, layer, h]]]
+    return {"bound": settings.error_bound, "prompts": prompts, "candidates": list(CANDIDATES),
+            "floored_heads": floored,  # [bin, layer, head, floor tau (1.0: dense)]
+            "worst_error_by_candidate": [round(float(x), 5) for x in relative.max(axis=(0, 1, 2))]}

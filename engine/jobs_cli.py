@@ -45,10 +45,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts, model.prompts)
     prompts = prompts[: args.limit] if args.limit else prompts
     settings = CalibrationSettings(**_size(args, model), bins=args.bins, seed=args.seed, block=args.block,
-                                   negative_prompt=args.negative_prompt, recommended_threshold=model.threshold(None))
+                                   negative_prompt=args.negative_prompt, recommended_threshold=model.threshold(None),
+                                   error_bound=model.error_bound(args.error_bound), error_prompts=args.error_prompts)
     with calibrate(model.pipe, model.adapter, prompts, settings, args.out, tqdm_progress()) as profile:
         print(f"wrote {args.out}: {profile.meta.nq}x{profile.meta.nk} blocks, density "
               + ", ".join(f"{profile.density(t):.1%} at {t}" for t in (0.95, 0.99, 0.999)))
+        if (report := profile.meta.calibration.get("error_bound")) is not None:
+            m = profile.meta
+            print(f"error bound {report['bound']}: raised the threshold of {len(report['floored_heads'])} of "
+                  f"{m.bins * m.layers * m.heads} (step bin, layer, head)s")
     return 0
 
 

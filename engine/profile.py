@@ -221,6 +221,16 @@ def entry_table(q: np.ndarray, exact_levels: np.ndarray) -> np.ndarray:
     return table
 
 
+def apply_floor(levels: np.ndarray, floor: int) -> np.ndarray:
+    """Entry levels of a head that runs at ``max(tau, floor)``: blocks kept at ``floor`` enter at 0.
+
+    ``entry <= max(g, floor)`` is ``entry <= g or entry <= floor``, so folding the floor into the
+    entry levels makes every reader (masks, densities, retained mass, heatmaps) apply it with no
+    code of its own. ``floor = NEVER`` keeps every block, including those no threshold keeps.
+    """
+    return np.where(levels <= floor, 0, levels).astype(np.uint8)
+
+
 def _pack_head(q: np.ndarray, table: np.ndarray) -> bytes:
     """One head as bytes: unique mass rows once (in order of first use), a row -> pattern index, the
     entry table; LZMA's long window then also catches rows repeated shifted by a block."""
@@ -274,11 +284,14 @@ class CompiledLayer:
     blobs: tuple[bytes, ...]
 
 
-def compile_layer(mass: np.ndarray, per_prompt: np.ndarray | None = None) -> CompiledLayer:
+def compile_layer(mass: np.ndarray, per_prompt: np.ndarray | None = None,
+                  floors: np.ndarray | None = None) -> CompiledLayer:
     """Compile the block mass of one (step bin, layer).
 
     ``mass`` is ``[heads, nq, nk]`` (mean over prompts); ``per_prompt`` optionally
     ``[prompts, heads, nq, nk]`` for the worst-prompt numbers. Rows need not be normalised.
+    ``floors`` optionally ``[heads]`` threshold levels below which a head never goes (``NEVER``:
+    every block, a dense head); see :func:`apply_floor`.
     """
     if per_prompt is not None and tuple(per_prompt.shape[1:]) != tuple(mass.shape):
         raise ProfileError(f"per-prompt block mass has shape {tuple(per_prompt.shape)}, "
@@ -290,6 +303,8 @@ def compile_layer(mass: np.ndarray, per_prompt: np.ndarray | None = None) -> Com
     blobs = []
     for head in range(mass.shape[0]):
         table = entry_table(q[head], exact[head])
+        if floors is not None:
+            table = apply_floor(table, int(floors[head]))
         levels[head] = np.take_along_axis(table, q[head].astype(np.intp), axis=1)
         blobs.append(_pack_head(q[head], table))
     counts = np.stack([np.bincount(h.ravel(), minlength=NEVER + 1)[:N_LEVELS] for h in levels])
@@ -316,13 +331,14 @@ class ProfileWriter:
         self._retained_worst = np.full((*shape, N_LEVELS), np.nan, dtype=np.float32)
         self._blobs: dict[tuple[int, int, int], bytes] = {}
 
-    def add(self, bin_index: int, layer: int, mass: np.ndarray, per_prompt: np.ndarray | None = None) -> None:
-        """Compile and add the block mass of one (step bin, layer); see :func:`compile_layer`."""
+    def add(self, bin_index: int, layer: int, mass: np.ndarray, per_prompt: np.ndarray | None = None,
+            floors: np.ndarray | None = None) -> None:
+        """Compile and add (or replace) the block mass of one (step bin, layer); see :func:`compile_layer`."""
         m = self.meta
         if tuple(mass.shape) != (m.heads, m.nq, m.nk):
             raise ProfileError(f"block mass for bin {bin_index}, layer {layer} has shape {tuple(mass.shape)}, "
                                f"expected (heads, nq, nk) = {(m.heads, m.nq, m.nk)}")
-        self.put(bin_index, layer, compile_layer(mass, per_prompt))
+        self.put(bin_index, layer, compile_layer(mass, per_prompt, floors))
 
     def put(self, bin_index: int, layer: int, compiled: CompiledLayer) -> None:
         """Store an already compiled (step bin, layer)."""

@@ -149,7 +149,8 @@ SCHEMA: dict[str, dict[str, dict[str, Any]]] = {
     "command": {
         "hello": {},  # optional: "client" (name/version); result payload: engine, protocol, device
         "load_model": {"model": str},  # adapter name ("demo", "wan2.1") or a local diffusers folder
-        "calibrate": {"profile": str},  # where to write the profile; optional: prompts, steps, bins
+        # where to write the profile; optional: prompts, steps, bins, error_bound (0: off), error_prompts
+        "calibrate": {"profile": str},
         # optional for sparse generate and compare: "profile" (default the model's shipped one), "threshold"
         # (default the model's recommended one), "dense_steps" (first steps run dense; default 0)
         "generate": {"prompt": str, "seed": int, "mode": Literal["dense", "sparse"]},

@@ -176,7 +176,9 @@ class Server:
         prompts = args.get("prompts") or read_prompts(None, model.prompts)
         settings = CalibrationSettings(**self._settings(args, model), bins=args.get("bins", 4),
                                        seed=args.get("seed", 0), block=args.get("block", 128),
-                                       recommended_threshold=model.threshold(None))
+                                       recommended_threshold=model.threshold(None),
+                                       error_bound=model.error_bound(args.get("error_bound")),
+                                       error_prompts=args.get("error_prompts", 2))
         with calibrate(model.pipe, model.adapter, prompts, settings, args["profile"], self._progress) as profile:
             return {"profile": str(profile.path), "density": {str(t): profile.density(t) for t in (0.99, 0.999)}}
 

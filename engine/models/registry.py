@@ -33,6 +33,11 @@ class LoadedModel:
         """``given``, else the model's recommended threshold (0.9 for the demo model, 0.999 for Wan)."""
         return float(self.defaults["threshold"]) if given is None else given
 
+    def error_bound(self, given: float | None) -> float | None:
+        """``given`` (0: no error pass), else the model's calibration error bound (None: mass only)."""
+        value = self.defaults.get("error_bound") if given is None else given
+        return float(value) if value else None
+
     def shipped_profile(self, given: str | None) -> str | Path:
         """``given``, else the model's shipped profile; a clear error when there is neither."""
         if given:

@@ -19,7 +19,7 @@ from calibstudio.engine.generate import GenerationSettings, compare, generate  #
 from calibstudio.engine.models.base import ModelLoadError  # noqa: E402
 from calibstudio.engine.models.tiny import save_tiny_wan, tiny_wan_pipeline  # noqa: E402
 from calibstudio.engine.models.wan import WanAdapter, load_wan  # noqa: E402
-from calibstudio.engine.profile import Profile, ProfileMeta, ProfileWriter  # noqa: E402
+from calibstudio.engine.profile import Profile, ProfileError, ProfileMeta, ProfileWriter  # noqa: E402
 from calibstudio.engine.progress import Cancelled, Progress  # noqa: E402
 
 SIZE = {"height": 64, "width": 128, "frames": 9}  # 3 x 4 x 8 = 96 video tokens
@@ -197,6 +197,46 @@ def test_cancelled_calibration_writes_nothing(pipe, adapter, tmp_path):
         calibrate(pipe, adapter, ["a red circle"], CalibrationSettings(**SIZE, steps=STEPS, bins=1, block=BLOCK), out,
                   progress)
     assert calls[-1] == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_error_bound_raises_only_the_heads_over_it(pipe, adapter, calibrated, tmp_path):
+    prompts = calibrated.meta.calibration["prompts"]
+
+    def run(bound):
+        settings = CalibrationSettings(**SIZE, steps=STEPS, bins=2, guidance_scale=1.0, block=BLOCK, error_bound=bound,
+                                       error_prompts=1)
+        return calibrate(pipe, adapter, prompts, settings, tmp_path / f"bound-{bound}.safetensors")
+
+    loose, strict = run(10.0), run(1e-9)
+    assert loose.meta.calibration["error_bound"]["floored_heads"] == []
+    for b in range(2):
+        for layer in range(2):
+            np.testing.assert_array_equal(loose.mask(b, layer, 0.9), calibrated.mask(b, layer, 0.9))
+    # a bound of 1e-9 tolerates no dropped block: every head runs from the first rung where its mask is whole
+    assert calibrated.density(0.9) < 1.0 and strict.density(0.9) == 1.0
+    floored = strict.meta.calibration["error_bound"]["floored_heads"]
+    assert len(floored) == 2 * 2 * 2
+    for b, layer, head, tau in floored:
+        assert tau == 1.0 or calibrated.mask(b, layer, tau)[head].all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bound-10.0.safetensors", "bound-1e-09.safetensors"]
+
+
+def test_a_calibration_cancelled_in_its_error_pass_writes_nothing(pipe, adapter, tmp_path):
+    progress = Progress()
+    progress.sink = lambda phase, step, total, eta: progress.cancel() if step > STEPS else None
+    settings = CalibrationSettings(**SIZE, steps=STEPS, bins=1, block=BLOCK, error_bound=0.05, error_prompts=1)
+    with pytest.raises(Cancelled):
+        calibrate(pipe, adapter, ["a red circle"], settings, tmp_path / "cancelled.safetensors", progress)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_calibration_settings_are_checked_before_any_work(pipe, adapter, tmp_path):
+    with pytest.raises(ValueError, match="bound must be positive"):
+        calibrate(pipe, adapter, ["a red circle"], CalibrationSettings(**SIZE, steps=STEPS, error_bound=-1.0),
+                  tmp_path / "p.safetensors")
+    with pytest.raises(ProfileError, match="does not exist; create it first"):
+        calibrate(pipe, adapter, ["a red circle"], CalibrationSettings(**SIZE, steps=STEPS),
+                  tmp_path / "no" / "p.safetensors")
 
 
 def test_mp4_export_decodes_to_the_right_frames(pipe, adapter, tmp_path):
