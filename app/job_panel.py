@@ -15,6 +15,7 @@ from pathlib import Path
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGridLayout,
@@ -139,6 +140,16 @@ class JobPanel(QWidget):
         self.block_box.setCurrentText("128")
         self.block_box.setToolTip("Calibration: tokens per attention block (128 for real models; "
                                   "smaller for the tiny model's short sequences)")
+        self.error_bound_box = QDoubleSpinBox()
+        self.error_bound_box.setRange(0.0, 1.0)
+        self.error_bound_box.setDecimals(3)
+        self.error_bound_box.setSingleStep(0.01)
+        self.error_bound_box.setSpecialValueText("off")
+        self.error_bound_box.setKeyboardTracking(False)
+        self.error_bound_box.setToolTip(
+            "Calibration: the relative attention-output error a head may have. A second dense pass measures each "
+            "head's error at τ 0.9-0.999 and raises the τ of the heads over it (off: attention mass only). "
+            "Filled with the model's bound when a model loads")
 
         self.buttons = {kind: QPushButton(BUTTON_TEXT[kind]) for kind in KINDS}
         for kind, button in self.buttons.items():
@@ -208,6 +219,8 @@ class JobPanel(QWidget):
         calibration.addWidget(self.bins_box, 1)
         calibration.addWidget(QLabel("block"))
         calibration.addWidget(self.block_box, 1)
+        calibration.addWidget(QLabel("error ≤"))
+        calibration.addWidget(self.error_bound_box, 1)
         form.addRow("Calibration", self._wrap(calibration))
 
         buttons = QGridLayout()
@@ -248,7 +261,8 @@ class JobPanel(QWidget):
             frames=self.frames_box.value(), profile=self.profile_edit.text().strip(),
             threshold=self.profile_model.threshold, dense_steps=self.dense_steps_box.value(),
             mode=self.mode_box.currentText(),
-            bins=self.bins_box.value(), block=int(self.block_box.currentText()))
+            bins=self.bins_box.value(), block=int(self.block_box.currentText()),
+            error_bound=self.error_bound_box.value())
 
     def run(self, kind: str) -> bool:
         """Validate and start a ``kind`` job; False (with the reasons shown) if it cannot start."""
@@ -344,6 +358,8 @@ class JobPanel(QWidget):
                              ("steps", self.steps_box)):
                 if isinstance(defaults.get(key), int):
                     box.setValue(defaults[key])
+            bound = defaults.get("error_bound")
+            self.error_bound_box.setValue(float(bound) if isinstance(bound, (int, float)) else 0.0)
             self._offer_shipped_profile(defaults.get("profile"))
             self.show_message(f"model {spec} loaded: {defaults.get('width')}×{defaults.get('height')}, "
                               f"{defaults.get('frames')} frames, {defaults.get('steps')} steps by default")
@@ -411,7 +427,7 @@ class JobPanel(QWidget):
                   "height": self.height_box.value(), "frames": self.frames_box.value(),
                   "profile": self.profile_edit.text(), "mode": self.mode_box.currentText(),
                   "bins": self.bins_box.value(), "block": self.block_box.currentText(),
-                  "dense_steps": self.dense_steps_box.value()}
+                  "dense_steps": self.dense_steps_box.value(), "error_bound": self.error_bound_box.value()}
         for key, value in values.items():
             settings.setValue(f"job/{key}", value)
 
@@ -435,5 +451,9 @@ class JobPanel(QWidget):
                 box.setValue(int(settings.value(f"job/{key}", box.value())))
             except (TypeError, ValueError):
                 pass
+        try:
+            self.error_bound_box.setValue(float(settings.value("job/error_bound", self.error_bound_box.value())))
+        except (TypeError, ValueError):
+            pass
         self._apply_size_steps()
         return True

@@ -75,12 +75,14 @@ class JobRequest:
     mode: str = "sparse"  # generate only: "dense" or "sparse"
     bins: int = 4  # calibrate only
     block: int = 128  # calibrate only
+    error_bound: float = 0.0  # calibrate only; 0: attention mass only, no error pass
 
     def args(self, kind: str) -> dict[str, Any]:
         """The protocol arguments of a ``kind`` command (see engine.protocol.SCHEMA and engine.server)."""
         size = {"height": self.height, "width": self.width, "frames": self.frames, "steps": self.steps}
         if kind == "calibrate":
-            return {"profile": self.profile, "seed": self.seed, "bins": self.bins, "block": self.block, **size}
+            return {"profile": self.profile, "seed": self.seed, "bins": self.bins, "block": self.block,
+                    "error_bound": self.error_bound, **size}
         clip = {"prompt": self.prompt.strip(), "negative_prompt": self.negative_prompt.strip(), "seed": self.seed,
                 **size}
         sparse = {"profile": self.profile, "threshold": self.threshold, "dense_steps": self.dense_steps}

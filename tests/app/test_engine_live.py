@@ -37,10 +37,14 @@ def test_calibrate_compare_and_export_on_the_tiny_model(live_window, qtbot, tmp_
     panel.profile_edit.setText(str(profile))
     panel.block_box.setCurrentText("16")
     panel.bins_box.setValue(2)
+    assert panel.error_bound_box.value() == 0.0, "the tiny model names no error bound"
+    panel.error_bound_box.setValue(1e-3)  # the error pass runs through the protocol and raises some heads
     assert panel.run("calibrate")
     qtbot.waitUntil(lambda: not win.runner.busy, timeout=TIMEOUT_MS)
     assert "calibrated" in panel.message.text(), panel.message.text()
     assert win.model.profile is not None and win.model.profile.path == profile  # opened in the window
+    report = win.model.profile.meta.calibration["error_bound"]
+    assert report["bound"] == 1e-3 and report["floored_heads"]
 
     progress, previews = [], []
     win.runner.job_progress.connect(lambda *event: progress.append(event))

@@ -54,6 +54,7 @@ def test_request_arguments_per_command(small_profile):
                                        "threshold": 0.99, "dense_steps": 0}
     assert "profile" not in request.args("generate") and request.args("generate")["mode"] == "dense"
     assert request.args("calibrate")["block"] == 128 and "prompt" not in request.args("calibrate")
+    assert request.args("calibrate")["error_bound"] == 0.0, "no error pass unless asked (or the model's bound)"
     assert format_eta(None) == "…" and format_eta(75.4) == "1:15" and format_eta(3725) == "1:02:05"
     assert format_eta(0.2) == "<0:01"
 
@@ -148,12 +149,13 @@ def test_form_is_remembered_between_sessions(dark_app, qtbot, settings_file, sma
     panel.frames_box.setValue(17)
     panel.profile_edit.setText(str(small_profile))
     panel.mode_box.setCurrentText("dense")
+    panel.error_bound_box.setValue(0.08)
     first.close()
     second = MainWindow(open_settings(settings_file), persist=False)
     qtbot.addWidget(second)
     restored = second.job_panel.request()
-    assert (restored.prompt, restored.seed, restored.frames, restored.profile, restored.mode) == \
-        ("a green triangle grows", 1234, 17, str(small_profile), "dense")
+    assert (restored.prompt, restored.seed, restored.frames, restored.profile, restored.mode, restored.error_bound) \
+        == ("a green triangle grows", 1234, 17, str(small_profile), "dense", 0.08)
 
 
 def test_dense_first_steps_feed_the_request_and_the_prediction(fake_window):
