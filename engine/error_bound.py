@@ -61,11 +61,17 @@ class ErrorRecorder:
         entry = self._entry_levels(b, layer, q.device)
         dense = out.float()
         self.squared_norm[b, layer] += dense.square().sum(dim=(0, 1, 3)).cpu().numpy()
+        before = None
         for i, level in enumerate(self.levels):
-            layout = BlockLayout.from_mask(entry <= level, m.block_size[0], m.block_size[1],
-                                           q_len=m.tokens, k_len=m.tokens)
-            sparse = sparse_attention(q, k, v, layout, backend=self.backend).float()
-            self.squared_error[b, layer, :, i] += (sparse - dense).square().sum(dim=(0, 1, 3)).cpu().numpy()
+            mask = entry <= level
+            if bool(mask.all()):
+                break  # this rung and every higher one keep every block: no error, nothing to compute
+            if before is None or not torch.equal(mask, before):  # an equal mask has the rung below's error
+                layout = BlockLayout.from_mask(mask, m.block_size[0], m.block_size[1], q_len=m.tokens, k_len=m.tokens)
+                sparse = sparse_attention(q, k, v, layout, backend=self.backend).float()
+                error = (sparse - dense).square().sum(dim=(0, 1, 3)).cpu().numpy()
+            self.squared_error[b, layer, :, i] += error
+            before = mask
 
     def relative_error(self) -> np.ndarray:
         """``[bins, layers, heads, len(CANDIDATES)]`` relative output error at each candidate."""
