@@ -95,6 +95,13 @@ class ProfileMeta:
         return float(value) if isinstance(value, (int, float)) else None
 
     @property
+    def threshold_floors(self) -> dict[tuple[int, int, int], float]:
+        """(bin, layer, head) -> the tau that head never runs below (1.0: dense), set by an error-bounded
+        calibration (:mod:`calibstudio.engine.error_bound`); already folded into the masks, this says why."""
+        rows = (self.calibration.get("error_bound") or {}).get("floored_heads") or []
+        return {(int(b), int(layer), int(h)): float(tau) for b, layer, h, tau in rows}
+
+    @property
     def nq(self) -> int:
         return -(-self.tokens // self.block_size[0])
 

@@ -62,6 +62,24 @@ def test_heatmap_follows_selection_and_threshold(dark_app, qtbot, small_profile)
     assert not view.outline.isVisible()
 
 
+def test_heatmap_title_says_when_the_error_bound_raised_a_heads_threshold(dark_app, qtbot, tmp_path):
+    from calibstudio.engine.profile import ProfileMeta, ProfileWriter, threshold_level
+
+    floor = threshold_level(0.99)
+    meta = ProfileMeta(model={"name": "t"}, grid=(1, 4, 16), block_size=(8, 8), num_steps=1, step_bins=((0, 1),),
+                       layers=1, heads=2, calibration={"error_bound": {"bound": 0.05, "floored_heads": [
+                           [0, 0, 1, round(float(THRESHOLDS[floor]), 6)]]}})
+    writer = ProfileWriter(meta)
+    writer.add(0, 0, np.exp(np.random.default_rng(0).normal(0, 3, (2, 8, 8))), floors=np.array([0, floor]))
+    model = ProfileModel(0.9)
+    model.open(writer.save(tmp_path / "floored.safetensors"))
+    view = _show(qtbot, HeatmapView(model))
+    assert "error bound" not in view.title.text()
+    model.select(head=1)
+    assert view.title.text().endswith(f"error bound: never below τ {THRESHOLDS[floor]:.5f}")
+    assert f"keeps {model.stats().densities[0, 0, 1]:.1%}" in view.title.text()
+
+
 def test_overview_click_selects_that_head(dark_app, qtbot, small_profile):
     model = ProfileModel(0.999)
     model.open(small_profile)
