@@ -137,6 +137,7 @@ def test_a_trained_demo_folder_loads_as_a_model_with_its_own_defaults(demo, tmp_
     loaded = load_model(str(tmp_path), "cpu")
     assert isinstance(loaded.adapter, DemoAdapter)
     assert loaded.threshold(None) == 0.95 and loaded.defaults["frames"] == 16
+    assert loaded.error_bound(None) == 0.05 and loaded.error_bound(0.1) == 0.1 and loaded.error_bound(0) is None
     assert loaded.profile == tmp_path / PROFILE and loaded.available_profile is None  # none calibrated yet
     (tmp_path / WEIGHTS).unlink()
     with pytest.raises(ModelLoadError, match="lacks model.safetensors; export it again"):
