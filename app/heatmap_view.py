@@ -201,13 +201,14 @@ class HeatmapView(QWidget):
         if stats is None:
             return
         b, layer, head = self.model.selection
-        floor = self.model.profile.meta.threshold_floors.get((b, layer, head))
-        raised = "" if floor is None else "  ·  error bound: runs dense" if floor >= 1.0 else (
-            f"  ·  error bound: never below τ {floor:.5f}")
-        self.title.setText(f"Layer {layer}, head {head}, bin {b} at τ {stats.applied:.5f}: "
+        floor = self.model.profile.meta.threshold_floors.get((b, layer, head), 0.0)
+        raised = "" if floor <= stats.applied else " (dense: error bound)" if floor >= 1.0 else (
+            f" (raised to {floor:.5f} by the error bound)")
+        self.title.setText(f"Layer {layer}, head {head}, bin {b} at τ {stats.applied:.5f}{raised}: "
                            f"keeps {stats.densities[b, layer, head]:.1%} of blocks  ·  retained mass "
                            f"{stats.retained_mean[b, layer, head]:.5f} mean, "
-                           f"{stats.retained_worst[b, layer, head]:.5f} worst prompt{raised}")
+                           f"{stats.retained_worst[b, layer, head]:.5f} worst prompt")
+        self.title.setToolTip(self.title.text())
 
     # -- hover ----------------------------------------------------------------------------------------------
     def readout_at(self, key: int, query: int) -> str | None:

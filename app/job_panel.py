@@ -219,9 +219,8 @@ class JobPanel(QWidget):
         calibration.addWidget(self.bins_box, 1)
         calibration.addWidget(QLabel("block"))
         calibration.addWidget(self.block_box, 1)
-        calibration.addWidget(QLabel("error ≤"))
-        calibration.addWidget(self.error_bound_box, 1)
         form.addRow("Calibration", self._wrap(calibration))
+        form.addRow("Error bound", self.error_bound_box)
 
         buttons = QGridLayout()
         for column, kind in enumerate(KINDS):

@@ -76,8 +76,10 @@ def test_heatmap_title_says_when_the_error_bound_raised_a_heads_threshold(dark_a
     view = _show(qtbot, HeatmapView(model))
     assert "error bound" not in view.title.text()
     model.select(head=1)
-    assert view.title.text().endswith(f"error bound: never below τ {THRESHOLDS[floor]:.5f}")
+    assert f"at τ 0.90000 (raised to {THRESHOLDS[floor]:.5f} by the error bound): keeps " in view.title.text()
     assert f"keeps {model.stats().densities[0, 0, 1]:.1%}" in view.title.text()
+    model.set_threshold(0.999)  # above the floor the head follows the slider again
+    assert "error bound" not in view.title.text()
 
 
 def test_overview_click_selects_that_head(dark_app, qtbot, small_profile):
