@@ -75,6 +75,28 @@ def test_profile_show_reports_density_per_layer_and_head(profile_path):
     assert text.returncode == 0 and "bin 1" in text.stdout and "retained mass mean" in text.stdout
 
 
+def test_profile_show_marks_the_heads_the_error_bound_raised(tmp_path):
+    from calibstudio.engine.profile import THRESHOLDS, ProfileMeta, ProfileWriter, threshold_level
+
+    floor = threshold_level(0.99)
+    meta = ProfileMeta(model={"name": "t"}, grid=(1, 4, 16), block_size=(8, 8), num_steps=2,
+                       step_bins=((0, 1), (1, 2)), layers=2, heads=2,
+                       calibration={"error_bound": {"bound": 0.05,
+                                                    "floored_heads": [[1, 1, 0, float(THRESHOLDS[floor])]]}})
+    writer = ProfileWriter(meta)
+    mass = np.exp(np.random.default_rng(0).normal(0, 3, (2, 8, 8)))
+    for b in range(2):
+        for layer in range(2):
+            writer.add(b, layer, mass, floors=np.array([floor, 0]) if (b, layer) == (1, 1) else None)
+    path = writer.save(tmp_path / "floored.safetensors")
+    show = lambda *a: run("profile", "show", str(path), *a)  # noqa: E731
+    assert json.loads(show("-t", "0.9", "--json").stdout)["raised_by_error_bound"] == [[1, 0]]
+    assert json.loads(show("-t", "0.9", "--bin", "0", "--json").stdout)["raised_by_error_bound"] == []
+    assert json.loads(show("-t", "0.999", "--json").stdout)["raised_by_error_bound"] == [], "above the floor"
+    text = show("-t", "0.9").stdout
+    assert "*" in text.splitlines()[-2].split()[1] and "error bound raised" in text
+
+
 def test_profile_show_defaults_to_the_recorded_recommended_threshold(profile_path):
     from calibstudio.engine.models.demo.model import default_folder
 

@@ -120,6 +120,8 @@ def _profile_show(args: argparse.Namespace) -> int:
         layer_head = sum(densities[b] * w for b, w in zip(pick, weights, strict=True)) / sum(weights)
         retained_mean = float(mean[pick].mean())
         retained_worst = float(worst[pick].min())
+        raised = sorted({(layer, head) for (b, layer, head), floor in meta.threshold_floors.items()
+                         if b in pick and floor > effective})
         report = {
             "threshold": threshold,
             "effective_threshold": effective,
@@ -128,6 +130,7 @@ def _profile_show(args: argparse.Namespace) -> int:
             "density_per_layer_head": layer_head.round(4).tolist(),
             "retained_mean": retained_mean,
             "retained_worst": retained_worst,
+            "raised_by_error_bound": [list(pair) for pair in raised],  # [layer, head]: tau raised in a shown bin
         }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -136,9 +139,12 @@ def _profile_show(args: argparse.Namespace) -> int:
     print(f"threshold {threshold} (applied {effective:.6f}), {scope}")
     print(f"density {report['density']:.1%}; retained mass mean {retained_mean:.5f}, worst prompt {retained_worst:.5f}")
     print("density % per layer (rows) and head (columns):")
-    print("layer " + " ".join(f"{h:>4}" for h in range(meta.heads)))
+    print(("layer " + " ".join(f"{h:>4} " for h in range(meta.heads))).rstrip())
     for layer, row in enumerate(layer_head):
-        print(f"{layer:>5} " + " ".join(f"{100 * d:4.0f}" for d in row))
+        print((f"{layer:>5} " + " ".join(f"{100 * d:4.0f}" + ("*" if (layer, h) in raised else " ")
+                                        for h, d in enumerate(row))).rstrip())
+    if raised:
+        print("* the error bound raised this head's threshold above the applied one (in a shown bin)")
     return 0
 
 
