@@ -440,19 +440,15 @@ class JobPanel(QWidget):
                 "mode": self.mode_box.setCurrentText, "block": self.block_box.setCurrentText}
         numbers = {"seed": self.seed_box, "steps": self.steps_box, "width": self.width_box,
                    "height": self.height_box, "frames": self.frames_box, "bins": self.bins_box,
-                   "dense_steps": self.dense_steps_box}
+                   "dense_steps": self.dense_steps_box, "error_bound": self.error_bound_box}
         for key, setter in text.items():
             value = settings.value(f"job/{key}")
             if value is not None:
                 setter(str(value))
         for key, box in numbers.items():
             try:
-                box.setValue(int(settings.value(f"job/{key}", box.value())))
+                box.setValue(type(box.value())(settings.value(f"job/{key}", box.value())))  # int or float box
             except (TypeError, ValueError):
                 pass
-        try:
-            self.error_bound_box.setValue(float(settings.value("job/error_bound", self.error_bound_box.value())))
-        except (TypeError, ValueError):
-            pass
         self._apply_size_steps()
         return True

@@ -86,22 +86,26 @@ def calibrate(
         recorder.prompt = i
         runs.run(i, prompt, recorder)
     writer = ProfileWriter(meta)
+
+    def add(b: int, layer: int, floors: np.ndarray | None = None) -> None:
+        per_prompt = recorder.mass[:, b, layer]
+        writer.add(b, layer, per_prompt.sum(axis=0), per_prompt, floors)
+
     for b in range(len(bins)):
         for layer in range(layers):
-            per_prompt = recorder.mass[:, b, layer]
-            writer.add(b, layer, per_prompt.sum(axis=0), per_prompt)
+            add(b, layer)
     if checked:
         with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=out.parent) as folder:
             with Profile.open(writer.save(Path(folder) / "mass-only.safetensors")) as mass_only:
                 errors = ErrorRecorder(mass_only)
                 for i, prompt in enumerate(checked):
                     runs.run(i, prompt, errors)
-        floors = floors_for(errors.relative_error(), s.error_bound)
+        relative = errors.relative_error()
+        floors = floors_for(relative, s.error_bound)
         for b, layer in zip(*np.nonzero(floors.any(axis=2)), strict=True):
-            per_prompt = recorder.mass[:, b, layer]
-            writer.add(b, layer, per_prompt.sum(axis=0), per_prompt, floors[b, layer])
+            add(b, layer, floors[b, layer])  # recompiled with the floors folded in
         writer.meta = replace(meta, calibration={**meta.calibration,
-                                                 "error_bound": _floor_report(errors, floors, s, len(checked))})
+                                                 "error_bound": _floor_report(relative, floors, s, len(checked))})
     progress.update("calibrate", runs.total, runs.total)
     return Profile.open(writer.save(out))
 
@@ -127,10 +131,9 @@ class _DensePasses:
         self.done += s.steps
 
 
-def _floor_report(errors: ErrorRecorder, floors: np.ndarray, settings: CalibrationSettings,
+def _floor_report(relative: np.ndarray, floors: np.ndarray, settings: CalibrationSettings,
                   prompts: int) -> dict[str, Any]:
     """What the error pass found, for the profile's metadata: the floored heads and the worst error."""
-    relative = errors.relative_error()
     floored = [[int(b), int(layer), int(h), 1.0 if f == NEVER else round(float(THRESHOLDS[f]), 6)]
                for b, layer, h in zip(*np.nonzero(floors), strict=True) for f in [floors[b, layer, h]]]
     return {"bound": settings.error_bound, "prompts": prompts, "candidates": list(CANDIDATES),

@@ -21,6 +21,7 @@ import torch
 from calibstudio.engine.profile import NEVER, Profile, threshold_level
 
 CANDIDATES = (0.9, 0.95, 0.99, 0.999)  # then dense; each rung costs one sparse attention per call
+_LEVELS = tuple(threshold_level(t) for t in CANDIDATES)
 
 
 class ErrorRecorder:
@@ -35,7 +36,6 @@ class ErrorRecorder:
         m = profile.meta
         self.profile = profile
         self.backend = backend
-        self.levels = [threshold_level(t) for t in CANDIDATES]
         self.squared_error = np.zeros((m.bins, m.layers, m.heads, len(CANDIDATES)))
         self.squared_norm = np.zeros((m.bins, m.layers, m.heads))
         self._bin = -1
@@ -46,9 +46,7 @@ class ErrorRecorder:
         if bin_index != self._bin:
             self._bin, self._entries = bin_index, {}
         if layer not in self._entries:
-            heads = range(self.profile.meta.heads)
-            levels = np.stack([self.profile.heatmap(bin_index, layer, h).entry_level for h in heads])
-            self._entries[layer] = torch.from_numpy(levels).to(device)
+            self._entries[layer] = torch.from_numpy(self.profile.entry_levels(bin_index, layer)).to(device)
         return self._entries[layer]
 
     def add(self, step: int, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -62,7 +60,7 @@ class ErrorRecorder:
         dense = out.float()
         self.squared_norm[b, layer] += dense.square().sum(dim=(0, 1, 3)).cpu().numpy()
         before = None
-        for i, level in enumerate(self.levels):
+        for i, level in enumerate(_LEVELS):
             mask = entry <= level
             if bool(mask.all()):
                 break  # this rung and every higher one keep every block: no error, nothing to compute
@@ -81,7 +79,7 @@ class ErrorRecorder:
 def floors_for(relative_error: np.ndarray, bound: float) -> np.ndarray:
     """Per (bin, layer, head) floor level: the lowest candidate from which every higher one is within
     ``bound`` (level 0, i.e. no floor, when all are; ``NEVER``, dense, when the top one is not)."""
-    levels = np.array([threshold_level(t) for t in CANDIDATES] + [NEVER])
+    levels = np.array([*_LEVELS, NEVER])
     within = np.concatenate([relative_error <= bound, np.ones((*relative_error.shape[:-1], 1), bool)], axis=-1)
     above_all = np.flip(np.cumprod(np.flip(within, -1), -1), -1).astype(bool)  # this rung and all above are within
     return levels[above_all.argmax(axis=-1)].astype(np.uint8)

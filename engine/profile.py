@@ -587,10 +587,13 @@ class Profile:
                                f"is corrupt ({error}); recalibrate or restore the file") from None
         return HeadMap(mass=dequantise_mass(q), entry_level=levels)
 
+    def entry_levels(self, bin_index: int, layer: int) -> np.ndarray:
+        """Entry levels ``[heads, nq, nk]`` (uint8) of one (bin, layer): its mask at every threshold."""
+        return np.stack([self.heatmap(bin_index, layer, h).entry_level for h in range(self.meta.heads)])
+
     def mask(self, bin_index: int, layer: int, threshold: float) -> np.ndarray:
         """Boolean block mask ``[heads, nq, nk]`` of one (bin, layer) at ``threshold``."""
-        level = threshold_level(threshold)
-        return np.stack([self.heatmap(bin_index, layer, h).entry_level <= level for h in range(self.meta.heads)])
+        return self.entry_levels(bin_index, layer) <= threshold_level(threshold)
 
     def check_compatible(self, model: dict[str, Any], grid: Sequence[int]) -> None:
         """Raise if this profile was calibrated for another model or token grid."""
