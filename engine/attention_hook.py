@@ -7,6 +7,12 @@ forwards of the same math (``fused_forwards``: e.g. a GEMM with its activation i
 Installing and removing is a context manager that restores the exact processors and forwards that
 were there, so two models in one process, or one model hooked twice in turn, do not interfere.
 Cross-attention is never touched.
+
+``torch.compile`` of a hooked transformer: installed processors call :func:`attend_at`, which hands the
+call to the installed hook through one opaque custom op (``calibstudio::hooked_attention``). The
+per-step choices (step bin, dense steps, layouts, recorders) then stay in Python outside the graph and
+the processors hold only (site, layer) numbers, so one compiled graph serves every step and every job
+(traced, the step would be a guard: a recompile per step bin, and eager after dynamo's limit).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from calibstudio.engine.profile import Profile, ProfileError
+from calibstudio.kernels.norm_rope import needs_autograd
 
 if TYPE_CHECKING:
     from calibstudio.engine.models.base import VideoModelAdapter
@@ -31,6 +38,29 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     """Plain SDPA on diffusers' (B, S, H, D) layout."""
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
+
+
+# transformer id -> the hook installed on it now (what attend_at dispatches to)
+_INSTALLED: dict[int, AttentionHook] = {}
+
+
+def attend_at(site: int, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Self-attention of ``layer`` through the hook installed on transformer ``site`` (an installed
+    processor's one call into the hook), on diffusers' (B, S, H, D) layout."""
+    if needs_autograd(q, k, v):  # training through the hook (a penalty's dense_fn): the op has no backward
+        return _INSTALLED[site].attend(layer, q, k, v)
+    return _hooked_attention(q, k, v, site, layer)
+
+
+@torch.library.custom_op("calibstudio::hooked_attention", mutates_args=())
+def _hooked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, site: int, layer: int) -> torch.Tensor:
+    # contiguous, as the fake says (the caller's flatten would copy a transposed result anyway)
+    return _INSTALLED[site].attend(layer, q, k, v).contiguous()
+
+
+@_hooked_attention.register_fake
+def _(q, k, v, site, layer):
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 
 
 class Recorder(Protocol):
@@ -114,6 +144,7 @@ class AttentionHook:
         self.dense_steps = dense_steps
         self._saved: list[tuple[torch.nn.Module, object]] = []
         self._forwards: list[tuple[torch.nn.Module, Callable | None]] = []  # module, instance forward before
+        self._previous: AttentionHook | None = None  # the hook installed on the transformer before this one
         if profile is not None:
             profile.effective_threshold(threshold)  # a threshold out of range fails here, not mid-job
 
@@ -134,14 +165,23 @@ class AttentionHook:
             raise RuntimeError("this hook is already installed")
         if self.mode == "dense" and self.dense_fn is dense_attention:
             return  # dense is the model's own attention: nothing to install, nothing to slow down
+        site = id(self.transformer)
+        self._previous = _INSTALLED.get(site)
+        _INSTALLED[site] = self
         for layer, module in self.adapter.self_attention_modules(self.transformer):
             self._saved.append((module, module.processor))
-            module.set_processor(self.adapter.make_processor(self, layer))
+            module.set_processor(self.adapter.make_processor(site, layer))
         for module, forward in self.adapter.fused_forwards(self.transformer):
             self._forwards.append((module, vars(module).get("forward")))
             module.forward = forward  # an instance attribute: deleting it brings back the class's forward
 
     def remove(self) -> None:
+        site = id(self.transformer)
+        if _INSTALLED.get(site) is self:
+            if self._previous is None:
+                del _INSTALLED[site]
+            else:
+                _INSTALLED[site] = self._previous
         for module, processor in reversed(self._saved):
             module.set_processor(processor)
         self._saved.clear()

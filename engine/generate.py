@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from calibstudio.engine.attention_hook import AttentionHook
+from calibstudio.engine.compiled import compiled
 from calibstudio.engine.metrics import psnr, ssim
 from calibstudio.engine.models.base import VideoModelAdapter
 from calibstudio.engine.profile import Profile
@@ -31,6 +32,7 @@ class GenerationSettings:
     threshold: float = 0.999
     warmup_steps: int = 0
     dense_steps: int = 0  # the first denoising steps of the sparse clip run dense (they decide the layout)
+    compile: bool = False  # torch.compile the transformer (one throwaway step per variant compiles it untimed)
 
     def __post_init__(self) -> None:
         if not isinstance(self.dense_steps, int) or not 0 <= self.dense_steps <= self.steps:
@@ -55,12 +57,17 @@ def _sparse_hook(pipe: Any, adapter: VideoModelAdapter, profile: Profile, s: Gen
                          backend=backend, dense_steps=s.dense_steps)
 
 
-def _warm_up(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, conditioning: Any, latents: Any) -> None:
-    """Dense steps thrown away so that the timed steps do not pay for first-call costs."""
+def _warm_up(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, conditioning: Any, latents: Any,
+             variants: list[AttentionHook | None]) -> None:
+    """Steps thrown away so that the timed steps do not pay for first-call costs: ``warmup_steps`` dense
+    ones, and when compiling one step of each variant the job runs (None: dense; a hook), which compiles it."""
     if s.warmup_steps:
         warm = Trajectory(pipe, adapter, conditioning, latents, s.steps)
         for _ in range(min(s.warmup_steps, s.steps)):
             warm.step()
+    if s.compile:
+        for hook in variants:
+            Trajectory(pipe, adapter, conditioning, latents, s.steps, hook).step()
 
 
 def generate(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, profile: Profile | None = None,
@@ -70,14 +77,15 @@ def generate(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, profi
     hook = _sparse_hook(pipe, adapter, profile, s, backend) if profile is not None else None
     conditioning = adapter.encode(pipe, s.prompt, s.negative_prompt, s.guidance_scale)
     latents = adapter.initial_latents(pipe, s.height, s.width, s.frames, s.seed)
-    _warm_up(pipe, adapter, s, conditioning, latents)
-    trajectory = Trajectory(pipe, adapter, conditioning, latents, s.steps, hook)
-    timer, clip = StepTimer(latents.device), Clip(frames=np.empty(0))
-    while not trajectory.done:
-        progress.update("generate", trajectory.index, s.steps)
-        with timer.measure():
-            trajectory.step()
-        clip.step_ms.append(timer.last_ms)
+    with compiled(pipe.transformer, s.compile):
+        _warm_up(pipe, adapter, s, conditioning, latents, [hook])
+        trajectory = Trajectory(pipe, adapter, conditioning, latents, s.steps, hook)
+        timer, clip = StepTimer(latents.device), Clip(frames=np.empty(0))
+        while not trajectory.done:
+            progress.update("generate", trajectory.index, s.steps)
+            with timer.measure():
+                trajectory.step()
+            clip.step_ms.append(timer.last_ms)
     progress.update("generate", s.steps, s.steps)
     clip.frames = adapter.decode(pipe, trajectory.latents)
     return clip
@@ -126,20 +134,21 @@ def compare(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, profil
     hook = _sparse_hook(pipe, adapter, profile, s, backend)
     conditioning = adapter.encode(pipe, s.prompt, s.negative_prompt, s.guidance_scale)
     latents = adapter.initial_latents(pipe, s.height, s.width, s.frames, s.seed)
-    _warm_up(pipe, adapter, s, conditioning, latents)
-    dense = Trajectory(pipe, adapter, conditioning, latents, s.steps)
-    sparse = Trajectory(pipe, adapter, conditioning, latents, s.steps, hook)
-    timer = StepTimer(latents.device)
-    dense_ms: list[float] = []
-    sparse_ms: list[float] = []
-    while not dense.done:
-        progress.update("compare", dense.index, s.steps)
-        for trajectory, times in ((dense, dense_ms), (sparse, sparse_ms)):
-            with timer.measure():
-                trajectory.step()
-            times.append(timer.last_ms)
-        if on_step is not None:
-            on_step(dense.index - 1, dense_ms[-1], sparse_ms[-1], dense.latents, sparse.latents)
+    with compiled(pipe.transformer, s.compile):
+        _warm_up(pipe, adapter, s, conditioning, latents, [None, hook])
+        dense = Trajectory(pipe, adapter, conditioning, latents, s.steps)
+        sparse = Trajectory(pipe, adapter, conditioning, latents, s.steps, hook)
+        timer = StepTimer(latents.device)
+        dense_ms: list[float] = []
+        sparse_ms: list[float] = []
+        while not dense.done:
+            progress.update("compare", dense.index, s.steps)
+            for trajectory, times in ((dense, dense_ms), (sparse, sparse_ms)):
+                with timer.measure():
+                    trajectory.step()
+                times.append(timer.last_ms)
+            if on_step is not None:
+                on_step(dense.index - 1, dense_ms[-1], sparse_ms[-1], dense.latents, sparse.latents)
     progress.update("compare", s.steps, s.steps)
     mean, worst = profile.retained(s.threshold)
     return Comparison(s, Clip(adapter.decode(pipe, dense.latents), dense_ms),

@@ -137,7 +137,8 @@ def _cpu_op(
     block_q: int, block_k: int, scale: float,
 ) -> torch.Tensor:
     lay = _op_layout(kv_count, kv_index, block_q, block_k, q.shape[1], k.shape[1])
-    return cpu_sparse_attention(q, k, v, lay, scale=scale)
+    # contiguous, as the fake says: compiled graphs assert the strides (the caller's reshape would copy anyway)
+    return cpu_sparse_attention(q, k, v, lay, scale=scale).contiguous()
 
 
 @_cpu_op.register_fake

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:
-    from calibstudio.engine.attention_hook import AttentionHook
 
 
 @dataclass(frozen=True)
@@ -37,8 +34,9 @@ class VideoModelAdapter(Protocol):
         """(layer index, attention module) of every self-attention over video tokens, in order."""
         ...
 
-    def make_processor(self, hook: AttentionHook, layer: int) -> Any:
-        """A diffusers attention processor that routes the attention itself through ``hook.attend``."""
+    def make_processor(self, site: int, layer: int) -> Any:
+        """A diffusers attention processor that routes the attention itself through
+        ``attention_hook.attend_at(site, layer, ...)`` (to the hook installed on transformer ``site``)."""
         ...
 
     def fused_forwards(self, transformer: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, Callable]]:

@@ -13,13 +13,12 @@ import torch
 from diffusers.models.activations import GELU
 from diffusers.models.transformers.transformer_wan import WanAttention, _get_qkv_projections
 
+from calibstudio.engine.attention_hook import attend_at
 from calibstudio.engine.models.base import Conditioning, ModelLoadError
 from calibstudio.kernels.norm_rope import needs_autograd, norm_rope
 
 if TYPE_CHECKING:
     from diffusers import WanPipeline
-
-    from calibstudio.engine.attention_hook import AttentionHook
 
 # What `WanPipeline.from_pretrained` reads from a local folder.
 REQUIRED = {
@@ -51,10 +50,11 @@ def _gelu_in_epilogue(module: GELU) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 class WanSelfAttnProcessor:
-    """diffusers' Wan self-attention with the attention call itself handed to the hook."""
+    """diffusers' Wan self-attention with the attention call itself handed to the hook installed on
+    transformer ``site`` (the processor holds no hook, so one object serves every job)."""
 
-    def __init__(self, hook: AttentionHook, layer: int) -> None:
-        self.hook = hook
+    def __init__(self, site: int, layer: int) -> None:
+        self.site = site
         self.layer = layer
 
     def __call__(
@@ -73,7 +73,7 @@ class WanSelfAttnProcessor:
             query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
             key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
         value = value.unflatten(2, (attn.heads, -1))
-        out = self.hook.attend(self.layer, query, key, value).flatten(2, 3).type_as(query)
+        out = attend_at(self.site, self.layer, query, key, value).flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 
 
@@ -94,8 +94,8 @@ class WanAdapter:
         for layer, block in enumerate(transformer.blocks):
             yield layer, block.attn1
 
-    def make_processor(self, hook: AttentionHook, layer: int) -> WanSelfAttnProcessor:
-        return WanSelfAttnProcessor(hook, layer)
+    def make_processor(self, site: int, layer: int) -> WanSelfAttnProcessor:
+        return WanSelfAttnProcessor(site, layer)
 
     def fused_forwards(self, transformer: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, Callable]]:
         for block in transformer.blocks:

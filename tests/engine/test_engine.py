@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ pytest.importorskip("diffusers")
 
 import torch  # noqa: E402
 
-from calibstudio.engine.attention_hook import AttentionHook, dense_attention  # noqa: E402
+from calibstudio.engine.attention_hook import AttentionHook, attend_at, dense_attention  # noqa: E402
 from calibstudio.engine.calibrate import CalibrationSettings, calibrate  # noqa: E402
 from calibstudio.engine.export import json_safe, side_by_side, write_mp4, write_report  # noqa: E402
 from calibstudio.engine.generate import GenerationSettings, compare, generate  # noqa: E402
@@ -145,6 +146,40 @@ def test_dense_first_steps_keep_the_sparse_clip_on_the_dense_one(pipe, adapter, 
     assert not np.array_equal(sparse.sparse.frames, sparse.dense.frames)  # the later steps ran sparse
     with pytest.raises(ValueError, match="dense steps must be 0..3"):
         _settings(dense_steps=STEPS + 1)
+
+
+def test_compiled_jobs_match_eager_and_compile_once(pipe, adapter, calibrated):
+    """--compile: the same clips (up to float reordering), and a second job (a new hook) compiles nothing."""
+    from torch._dynamo.utils import counters
+
+    s = _settings(guidance_scale=1.0, threshold=0.9, dense_steps=1)
+    eager = compare(pipe, adapter, s, calibrated, backend="cpu")
+    fast = compare(pipe, adapter, replace(s, compile=True), calibrated, backend="cpu")
+    for a, b in ((eager.dense, fast.dense), (eager.sparse, fast.sparse)):
+        assert np.abs(a.frames.astype(int) - b.frames).max() <= 2
+        assert len(b.step_ms) == STEPS  # the compiling warm-up steps are not timed
+    assert fast.report()["settings"]["compile"] is True
+    assert "forward" not in vars(pipe.transformer)  # the compiled forward is the job's only
+    graphs = counters["stats"]["unique_graphs"]
+    again = compare(pipe, adapter, replace(s, compile=True, seed=5), calibrated, backend="cpu")
+    clip = generate(pipe, adapter, replace(s, compile=True, seed=6), calibrated, backend="cpu")
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert again.sparse.frames.shape == clip.frames.shape == eager.sparse.frames.shape
+
+
+def test_nested_hooks_take_the_calls_in_turn(pipe, adapter, calibrated):
+    calls = []
+
+    def record(name):
+        return lambda q, k, v: calls.append(name) or dense_attention(q, k, v)
+
+    q = torch.randn(1, calibrated.meta.tokens, 2, 16)
+    processor = lambda: pipe.transformer.blocks[0].attn1.processor  # noqa: E731
+    with AttentionHook(adapter, pipe.transformer, dense_fn=record("outer")):
+        with AttentionHook(adapter, pipe.transformer, dense_fn=record("inner")):
+            attend_at(processor().site, 0, q, q, q)
+        attend_at(processor().site, 0, q, q, q)
+    assert calls == ["inner", "outer"]
 
 
 def test_calibrate_then_sparse_compare(pipe, adapter, calibrated, tmp_path):

@@ -26,7 +26,7 @@ from calibstudio.engine.progress import tqdm_progress
 
 def evaluate(prompts: list[str], profile_path: str | Path | None = None, threshold: float | None = None,
              model: str = "demo", seed: int = 0, device: str | None = None, backend: str = "auto",
-             dense_steps: int = 0) -> dict[str, Any]:
+             dense_steps: int = 0, compile: bool = False) -> dict[str, Any]:
     """Dense and sparse adherence (fractions), mean PSNR/SSIM of sparse vs dense, and the overall speedup.
 
     ``profile_path`` None: the profile shipped with the model; ``threshold`` None: the model's recommended one.
@@ -45,7 +45,7 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
             settings = GenerationSettings(prompt=prompt, height=int(d["height"]), width=int(d["width"]),
                                           frames=int(d["frames"]), steps=profile.meta.num_steps, seed=seed + i,
                                           guidance_scale=float(d["guidance_scale"]), threshold=threshold,
-                                          dense_steps=dense_steps)
+                                          dense_steps=dense_steps, compile=compile)
             result = compare(loaded.pipe, loaded.adapter, settings, profile, progress, backend)
             report = result.report()
             dense.append(result.dense.frames)
@@ -57,7 +57,7 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
     return {"dense": score_clips(dense, prompts, (0, 255)), "sparse": score_clips(sparse, prompts, (0, 255)),
             "psnr": float(np.mean(np.minimum(psnrs, 100.0))), "ssim": float(np.mean(ssims)),
             "speedup": dense_ms / max(sparse_ms, 1e-9), "threshold": threshold, "density": density,
-            "dense_steps": dense_steps,
+            "dense_steps": dense_steps, "compile": compile,
             "prompts": len(prompts), "dense_s": dense_ms / 1e3, "sparse_s": sparse_ms / 1e3,
             "device": device_name(device), "torch": torch.__version__}
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from calibstudio.engine.jobs_cli import read_prompts
 
     results = evaluate(read_prompts(args.prompts), args.profile, args.threshold, args.model, args.seed, args.device,
-                       args.backend, args.dense_steps)
+                       args.backend, args.dense_steps, args.compile)
     for name in ("dense", "sparse"):
         print(f"{name:>6}: " + "  ".join(f"{k} {v:.0%}" for k, v in results[name].items()))
     print(f"sparse vs dense: PSNR {results['psnr']:.1f} dB, SSIM {results['ssim']:.3f}, "
