@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -131,6 +132,9 @@ class JobPanel(QWidget):
         self.dense_steps_box = _spin(0, MAX_STEPS, 0, "Run the first steps of the sparse clip dense: they decide "
                                      "where things are, so the sparse clip stays closer to the dense one, for "
                                      "less speedup", " steps")
+        self.compile_box = QCheckBox("compile")
+        self.compile_box.setToolTip("torch.compile the transformer for generate and compare: faster steps after a "
+                                    "one-off compile (tens of seconds on a CPU), which an untimed first step pays")
         self.mode_box = QComboBox()
         self.mode_box.addItems(["sparse", "dense"])
         self.mode_box.setToolTip("What Generate makes: sparse (through the profile at τ) or dense")
@@ -211,7 +215,7 @@ class JobPanel(QWidget):
         form.addRow("Frames", self.frames_box)
         form.addRow("Profile", self._row(self.profile_edit, self.profile_button))
         form.addRow("Threshold τ", self.threshold_box)
-        form.addRow("Dense first", self.dense_steps_box)
+        form.addRow("Dense first", self._row(self.dense_steps_box, self.compile_box))
         form.addRow("Generate", self.mode_box)
         calibration = QHBoxLayout()
         calibration.setContentsMargins(0, 0, 0, 0)
@@ -243,7 +247,7 @@ class JobPanel(QWidget):
         widget.setLayout(inner)
         return widget
 
-    def _row(self, main: QWidget, button: QToolButton) -> QWidget:
+    def _row(self, main: QWidget, button: QWidget) -> QWidget:
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(main, 1)
@@ -259,7 +263,7 @@ class JobPanel(QWidget):
             steps=self.steps_box.value(), height=self.height_box.value(), width=self.width_box.value(),
             frames=self.frames_box.value(), profile=self.profile_edit.text().strip(),
             threshold=self.profile_model.threshold, dense_steps=self.dense_steps_box.value(),
-            mode=self.mode_box.currentText(),
+            compile=self.compile_box.isChecked(), mode=self.mode_box.currentText(),
             bins=self.bins_box.value(), block=int(self.block_box.currentText()),
             error_bound=self.error_bound_box.value())
 
@@ -426,7 +430,8 @@ class JobPanel(QWidget):
                   "height": self.height_box.value(), "frames": self.frames_box.value(),
                   "profile": self.profile_edit.text(), "mode": self.mode_box.currentText(),
                   "bins": self.bins_box.value(), "block": self.block_box.currentText(),
-                  "dense_steps": self.dense_steps_box.value(), "error_bound": self.error_bound_box.value()}
+                  "dense_steps": self.dense_steps_box.value(), "error_bound": self.error_bound_box.value(),
+                  "compile": self.compile_box.isChecked()}
         for key, value in values.items():
             settings.setValue(f"job/{key}", value)
 
@@ -450,5 +455,6 @@ class JobPanel(QWidget):
                 box.setValue(type(box.value())(settings.value(f"job/{key}", box.value())))  # int or float box
             except (TypeError, ValueError):
                 pass
+        self.compile_box.setChecked(str(settings.value("job/compile", False)).lower() == "true")  # QSettings: text
         self._apply_size_steps()
         return True

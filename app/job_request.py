@@ -72,6 +72,7 @@ class JobRequest:
     profile: str = ""
     threshold: float = 0.999
     dense_steps: int = 0  # sparse clips: the first steps run dense (they decide the layout)
+    compile: bool = False  # generate / compare: torch.compile the transformer (untimed compile first)
     mode: str = "sparse"  # generate only: "dense" or "sparse"
     bins: int = 4  # calibrate only
     block: int = 128  # calibrate only
@@ -84,7 +85,7 @@ class JobRequest:
             return {"profile": self.profile, "seed": self.seed, "bins": self.bins, "block": self.block,
                     "error_bound": self.error_bound, **size}
         clip = {"prompt": self.prompt.strip(), "negative_prompt": self.negative_prompt.strip(), "seed": self.seed,
-                **size}
+                "compile": self.compile, **size}
         sparse = {"profile": self.profile, "threshold": self.threshold, "dense_steps": self.dense_steps}
         if kind == "compare":
             return {**clip, **sparse}

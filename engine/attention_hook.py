@@ -192,7 +192,8 @@ class AttentionHook:
                 module.forward = before  # another hook's, installed earlier and still in place
         self._forwards.clear()
 
-    def layout(self, bin_index: int, layer: int, device: torch.device) -> BlockLayout | None:
+    def layout(self, bin_index: int, layer: int, device: torch.device,
+               dtype: torch.dtype | None = None) -> BlockLayout | None:
         """The compiled layout of one (step bin, layer), built once per hook.
 
         None when the mask keeps so many blocks that the dense kernel is faster on this backend
@@ -205,7 +206,7 @@ class AttentionHook:
 
             meta = self.profile.meta
             mask = torch.from_numpy(self.profile.mask(bin_index, layer, self.threshold))
-            self._layouts[key] = None if dense_is_faster(float(mask.float().mean()), device, self.backend) else (
+            self._layouts[key] = None if dense_is_faster(float(mask.float().mean()), device, self.backend, dtype) else (
                 BlockLayout.from_mask(mask.to(device), meta.block_size[0], meta.block_size[1],
                                       q_len=meta.tokens, k_len=meta.tokens))
         return self._layouts[key]
@@ -221,7 +222,7 @@ class AttentionHook:
                 raise ProfileError(f"the profile was calibrated for {self.profile.meta.tokens} video tokens "
                                    f"(grid {self.profile.meta.grid}); this call has {q.shape[1]}: generate at the "
                                    f"calibrated size or calibrate for this one")
-            layout = self.layout(self.profile.meta.bin_of_step(self.step_source()), layer, q.device)
+            layout = self.layout(self.profile.meta.bin_of_step(self.step_source()), layer, q.device, q.dtype)
             if layout is not None:
                 return sparse_attention(q, k, v, layout, backend=self.backend)
         out = self.dense_fn(q, k, v)

@@ -42,8 +42,11 @@ def _fa4_device_ok(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] in (9, 10)
 
 
+_FA4_DTYPES = (torch.float16, torch.bfloat16)
+
+
 @torch.compiler.assume_constant_result
-def _unavailable_reason(backend: str, device: torch.device) -> str | None:
+def _unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str | None:
     if backend not in BACKENDS:
         return f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or 'auto'"
     if backend in ("cpu", "reference"):
@@ -55,6 +58,8 @@ def _unavailable_reason(backend: str, device: torch.device) -> str | None:
             return "backend 'fa4' needs flash-attn-4: pip install 'calibstudio[fa4]'"
         if not _fa4_device_ok(device):
             return "backend 'fa4' needs a Hopper (sm90) or Blackwell (sm100) GPU"
+        if dtype is not None and dtype not in _FA4_DTYPES:
+            return f"backend 'fa4' takes float16 or bfloat16 inputs, not {dtype}: use 'triton' (or 'auto')"
     return None
 
 
@@ -64,14 +69,16 @@ def available_backends(device: torch.device | str) -> list[str]:
     return [b for b in BACKENDS if _unavailable_reason(b, device) is None]
 
 
-def choose_backend(device: torch.device | str, backend: str = "auto") -> str:
-    """Resolve ``auto`` for a device, or check an explicit choice (raises :class:`BackendUnavailable`)."""
+def choose_backend(device: torch.device | str, backend: str = "auto", dtype: torch.dtype | None = None) -> str:
+    """Resolve ``auto`` for a device (and the inputs' dtype, when known: flash-attn-4 takes half precision
+    only, so a float32 model on a Hopper GPU gets our Triton kernel), or check an explicit choice (raises
+    :class:`BackendUnavailable`)."""
     device = torch.device(device)
     if backend == "auto":
         if device.type == "cuda":
-            return "fa4" if _unavailable_reason("fa4", device) is None else "triton"
+            return "fa4" if _unavailable_reason("fa4", device, dtype) is None else "triton"
         return "cpu"
-    why = _unavailable_reason(backend, device)
+    why = _unavailable_reason(backend, device, dtype)
     if why:
         raise BackendUnavailable(why)
     return backend
@@ -85,9 +92,10 @@ def choose_backend(device: torch.device | str, backend: str = "auto") -> str:
 DENSE_ABOVE = {"cpu": 0.6, "triton": 0.65, "flex": 0.6, "fa4": 1.0, "reference": 1.0}
 
 
-def dense_is_faster(density: float, device: torch.device | str, backend: str = "auto") -> bool:
+def dense_is_faster(density: float, device: torch.device | str, backend: str = "auto",
+                    dtype: torch.dtype | None = None) -> bool:
     """Whether a layer keeping ``density`` of its blocks is better run densely on ``backend`` (exact, and faster)."""
-    return density > DENSE_ABOVE[choose_backend(device, backend)]
+    return density > DENSE_ABOVE[choose_backend(device, backend, dtype)]
 
 
 # ---------------------------------------------------------------------------------------------- custom ops
@@ -176,7 +184,7 @@ def sparse_attention(
     ``backend``: ``auto`` (per device), or one of :data:`BACKENDS`; an explicit backend that cannot run
     here raises :class:`BackendUnavailable` instead of silently falling back.
     """
-    name = choose_backend(q.device, backend)
+    name = choose_backend(q.device, backend, q.dtype)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if layout.device != q.device:
         layout = layout.to(q.device)

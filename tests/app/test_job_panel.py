@@ -51,7 +51,7 @@ def test_request_arguments_per_command(small_profile):
                          profile=str(small_profile), threshold=0.99, mode="dense")
     assert request.args("compare") == {"prompt": "a ball", "negative_prompt": "", "seed": 7, "height": 64,
                                        "width": 128, "frames": 9, "steps": 4, "profile": str(small_profile),
-                                       "threshold": 0.99, "dense_steps": 0}
+                                       "threshold": 0.99, "dense_steps": 0, "compile": False}
     assert "profile" not in request.args("generate") and request.args("generate")["mode"] == "dense"
     assert request.args("calibrate")["block"] == 128 and "prompt" not in request.args("calibrate")
     assert request.args("calibrate")["error_bound"] == 0.0, "no error pass unless asked (or the model's bound)"
@@ -150,12 +150,14 @@ def test_form_is_remembered_between_sessions(dark_app, qtbot, settings_file, sma
     panel.profile_edit.setText(str(small_profile))
     panel.mode_box.setCurrentText("dense")
     panel.error_bound_box.setValue(0.08)
+    panel.compile_box.setChecked(True)
     first.close()
     second = MainWindow(open_settings(settings_file), persist=False)
     qtbot.addWidget(second)
     restored = second.job_panel.request()
-    assert (restored.prompt, restored.seed, restored.frames, restored.profile, restored.mode, restored.error_bound) \
-        == ("a green triangle grows", 1234, 17, str(small_profile), "dense", 0.08)
+    assert (restored.prompt, restored.seed, restored.frames, restored.profile, restored.mode, restored.error_bound,
+            restored.compile) == ("a green triangle grows", 1234, 17, str(small_profile), "dense", 0.08, True)
+    assert restored.args("generate")["compile"] is True
 
 
 def test_dense_first_steps_feed_the_request_and_the_prediction(fake_window):

@@ -151,6 +151,21 @@ def test_backend_choice_without_fa4(monkeypatch):
         att.choose_backend(torch.device("cuda", 0), "fa4")
 
 
+def test_float32_on_hopper_gets_the_triton_kernel(monkeypatch):
+    """flash-attn-4 takes half precision only: a float32 model on an H100 crashed inside it before."""
+    import calibstudio.kernels.attention as att
+
+    monkeypatch.setattr(att, "fa4_importable", lambda: True)
+    monkeypatch.setattr(att.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(att.torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    cuda = torch.device("cuda", 0)
+    assert att.choose_backend(cuda, dtype=torch.bfloat16) == "fa4"
+    assert att.choose_backend(cuda, dtype=torch.float32) == "triton"
+    assert att.dense_is_faster(0.8, cuda, dtype=torch.float32) and not att.dense_is_faster(0.8, cuda)
+    with pytest.raises(BackendUnavailable, match="float16 or bfloat16"):
+        att.choose_backend(cuda, "fa4", torch.float32)
+
+
 def test_custom_op_compiles_on_cpu():
     """Inductor, not just dynamo: its generated code asserts the op's output strides against the fake's."""
     q, k, v = _qkv(1, 128, 2, 32, 4)
