@@ -318,3 +318,27 @@ def test_apply_profile_makes_a_plain_pipeline_call_sparse_and_comes_off(pipe, ca
     assert torch.equal(run(), dense)
     with calibstudio.apply_profile(pipe, calibrated), pytest.raises(ValueError, match="video tokens"):
         pipe("x", height=128, width=128, num_frames=9, num_inference_steps=1, output_type="latent")
+
+
+def test_apply_profile_under_an_in_place_compiled_transformer(calibrated):
+    """README: ``pipe.transformer.compile()`` with the hook on gives the eager sparse clip, one graph for all."""
+    from torch._dynamo.utils import counters
+
+    import calibstudio
+
+    own = tiny_wan_pipeline(seed=0)  # compiled in place: not the module's shared pipeline
+
+    def run():
+        return own("a red circle moves left", height=64, width=128, num_frames=9, num_inference_steps=STEPS,
+                   guidance_scale=1.0, output_type="latent", generator=torch.Generator().manual_seed(1)).frames
+
+    with calibstudio.apply_profile(own, calibrated, threshold=0.9, backend="reference"):
+        eager = run()
+    own.transformer.compile()
+    with calibstudio.apply_profile(own, calibrated, threshold=0.9, backend="reference") as hook:
+        torch.testing.assert_close(run(), eager, atol=1e-4, rtol=0)
+        assert set(hook._layouts) == {(0, 0), (0, 1), (1, 0), (1, 1)}  # the step still picks the bin
+    graphs = counters["stats"]["unique_graphs"]
+    with calibstudio.apply_profile(own, calibrated, threshold=0.9, backend="reference"):
+        run()
+    assert counters["stats"]["unique_graphs"] == graphs
