@@ -106,6 +106,12 @@ def test_compare_streams_timings_and_previews(engine, tmp_path):
     assert mask["event"] == "mask" and mask["shape"] == [6, 6] and engine.next()["event"] == "result"
     engine.send({"cmd": "get_mask", "id": "m2", "bin": 0, "layer": 0, "head": 0, "profile": str(tmp_path / "no")})
     assert engine.next()["code"] == "bad_profile"
+    engine.send({"cmd": "compare", "id": "fast", "prompt": "a red circle", "seed": 2, "profile": str(profile),
+                 "threshold": 0.9, "compile": True})
+    events = engine.until(lambda e: e["event"] in ("result", "error") and e.get("id") == "fast")
+    assert [e["step"] for e in events if e["event"] == "timing"] == [0, 1, 2, 3]  # compiling steps untimed
+    report = json.loads(Path(events[-1]["payload"]["report"]).read_text())
+    assert report["settings"]["compile"] is True and report["psnr"] == pytest.approx(result["psnr"], abs=0.5)
     engine.send({"cmd": "compare", "id": "d", "prompt": "a red circle", "seed": 2, "profile": str(profile),
                  "dense_steps": 99})
     reply = engine.until(lambda e: e["event"] in ("result", "error"))[-1]
