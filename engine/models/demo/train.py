@@ -117,6 +117,16 @@ def _plot_loss(log: Path, png: Path) -> None:
     atomic_write(png, lambda tmp: exporter.export(str(tmp)))
 
 
+def consistency_gap(velocity: torch.Tensor, half: int, teacher: bool = False) -> torch.Tensor:
+    """Mean squared gap between the dense predictions (first ``half`` rows) and the windowed ones (the rest).
+
+    ``teacher``: the dense side is a fixed target, so minimising the gap moves only the windowed pass;
+    symmetric, it also drags the dense pass toward the windows, which cost the dense clips motion.
+    """
+    dense = velocity[:half].float()
+    return torch.nn.functional.mse_loss(dense.detach() if teacher else dense, velocity[half:].float())
+
+
 def train(args: argparse.Namespace) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = Path(args.out)
@@ -125,7 +135,7 @@ def train(args: argparse.Namespace) -> dict:
     state_file, log_file = out / "state.json", out / "train_log.jsonl"
     state = {"step": 0, "elapsed_s": 0.0, "seed": args.seed, "batch": args.batch, "steps": args.steps,
              "texture": args.texture, "locality": args.locality or 0.0, "consistency": args.consistency or 0.0,
-             "locality_anchor": args.locality_anchor}
+             "locality_anchor": args.locality_anchor, "consistency_teacher": args.consistency_teacher}
     resumed_at, resuming = 0, args.resume and state_file.is_file()
     if args.init and not resuming:
         init = Path(args.init)
@@ -139,7 +149,8 @@ def train(args: argparse.Namespace) -> dict:
         for knob in ("locality", "consistency"):  # a resumed run may tighten or relax its priors
             if getattr(args, knob) is not None:
                 state[knob] = getattr(args, knob)
-        state["locality_anchor"] = state.get("locality_anchor", False) or args.locality_anchor
+        for flag in ("locality_anchor", "consistency_teacher"):  # switched on for good once given
+            state[flag] = state.get(flag, False) or getattr(args, flag)
         print(f"resuming at step {resumed_at} ({state['elapsed_s'] / 60:.1f} min trained so far)", flush=True)
     pipe.to(device)
     modules = torch.nn.ModuleDict({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder})
@@ -204,7 +215,7 @@ def train(args: argparse.Namespace) -> dict:
             loss = torch.nn.functional.mse_loss(velocity.float(), noise - x0)
             objective = loss
             if consistency:
-                gap = torch.nn.functional.mse_loss(velocity[:half].float(), velocity[half:].float())
+                gap = consistency_gap(velocity, half, teacher=state.get("consistency_teacher", False))
                 gaps.append(gap.detach())
                 objective = objective + consistency * gap
             if locality:
@@ -256,6 +267,7 @@ def train(args: argparse.Namespace) -> dict:
         card = {**result, "seed": args.seed, "batch": args.batch, "lr": args.lr, "ema": args.ema,
                 "texture": state.get("texture", 0.0), "locality": state.get("locality", 0.0),
                 "consistency": state.get("consistency", 0.0), "locality_anchor": state.get("locality_anchor", False),
+                "consistency_teacher": state.get("consistency_teacher", False),
                 "device": device_name(device), "torch": torch.__version__}
         if "init" in state:
             card["init"] = state["init"]
@@ -295,6 +307,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "predictions: teaches the model to predict the same when a sparse step drops the far "
                         "keys (halves the distinct clips per batch); 0 or unset: off; a resumed run keeps its "
                         "own unless given")
+    p.add_argument("--consistency-teacher", action="store_true",
+                   help="with --consistency: the dense prediction is the teacher (no gradient through it in the "
+                        "gap), so the gap pulls the windowed pass toward the dense one and never the dense pass "
+                        "toward the windows (which cost motion); a resumed run keeps it")
     p.add_argument("--max-minutes", type=float, default=8.0, help="stop and checkpoint after this long")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--init", help="start from the weights of a saved demo model folder (fine-tune) instead of random")

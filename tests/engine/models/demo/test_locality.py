@@ -104,7 +104,8 @@ def test_consistency_training_optimises_the_gap_with_the_prior_and_records_it(tm
 
     train(parse_args(["--out", str(tmp_path), "--batch", "2", "--workers", "0", "--steps", "1", "--log-every", "1",
                       "--eval-clips", "0", "--consistency", "2.0", "--locality", "0.5", "--locality-sample", "1",
-                      "--locality-anchor", "--init", str(default_folder())]))  # trained: the two paths differ
+                      "--locality-anchor", "--consistency-teacher",
+                      "--init", str(default_folder())]))  # trained: the two paths differ
     row = json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[0])
     assert row["dense_window_gap"] > 1e-3 and 0 < row["outside_mass"] < 1
     # both terms are in what the optimiser minimised (one was once dropped when both were on)
@@ -112,5 +113,18 @@ def test_consistency_training_optimises_the_gap_with_the_prior_and_records_it(tm
     assert abs(row["objective"] - want) < 1e-4
     card = json.loads((tmp_path / "demo_model" / "config.json").read_text())["training"]
     assert card["consistency"] == 2.0 and card["locality"] == 0.5 and card["locality_anchor"] is True
+    assert card["consistency_teacher"] is True
     with pytest.raises(SystemExit):
         parse_args(["--batch", "1", "--consistency", "1"])
+
+
+def test_consistency_teacher_moves_only_the_windowed_pass():
+    from calibstudio.engine.models.demo.train import consistency_gap
+
+    for teacher in (False, True):
+        velocity = torch.randn(4, 3, 2, 2, requires_grad=True)
+        gap = consistency_gap(velocity, 2, teacher=teacher)
+        torch.testing.assert_close(gap, ((velocity[:2] - velocity[2:]) ** 2).mean())
+        gap.backward()
+        assert velocity.grad[2:].abs().sum() > 0
+        assert (velocity.grad[:2].abs().sum() == 0) == teacher
