@@ -117,22 +117,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             layouts = {layer: BlockLayout.from_mask(video_block_mask(heads, grid, density, seed=layer, device=device),
                                                     q_len=tokens, k_len=tokens) for layer in range(args.layers)}
             variants[f"sparse_{density}"] = hook("sparse", layouts=layouts, backend=args.backend)
-        for compiled in args.compiled:
+        for compiled, mode in [(c, m) for c in args.compiled for m in (args.compile_mode if c else [None])]:
             times: dict[str, float] = {}
+            label = f"compiled={compiled}" + (f" mode={mode}" if compiled else "")
             for name, variant in variants.items():
                 torch._dynamo.reset()
-                forward = torch.compile(model) if compiled else model
+                forward = torch.compile(model, mode=None if mode == "default" else mode) if compiled else model
                 if variant is not None:
                     variant.install()
                 try:
                     with torch.no_grad():
                         times[name] = timer(lambda forward=forward, inputs=inputs: forward(**inputs))
                         if args.breakdown:
-                            breakdown[f"{res} {'compiled' if compiled else 'eager'} {name}"] = _breakdown(
+                            breakdown[f"{res} {f'compiled {mode}' if compiled else 'eager'} {name}"] = _breakdown(
                                 lambda forward=forward, inputs=inputs: forward(**inputs), device)
-                    print(f"{res} compiled={compiled} {name}: {times[name]:.1f} ms", flush=True)
+                    print(f"{res} {label} {name}: {times[name]:.1f} ms", flush=True)
                 except Exception as error:  # one failing variant must not lose the others' timings
-                    print(f"{res} compiled={compiled} {name}: FAILED {type(error).__name__}: {error}", flush=True)
+                    print(f"{res} {label} {name}: FAILED {type(error).__name__}: {error}", flush=True)
                 finally:
                     if variant is not None:
                         variant.remove()
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if sparse is None or "sdpa" not in times:
                     continue
                 rows.append({"res": res, "frames": args.frames, "tokens": tokens, "density": density,
-                             "compiled": compiled, "ms_dense": times["sdpa"], "ms_sparse": sparse,
+                             "compiled": compiled, "compile_mode": mode, "ms_dense": times["sdpa"], "ms_sparse": sparse,
                              "speedup": times["sdpa"] / sparse, "ms_fa4_dense": times.get("fa4_dense"),
                              "speedup_vs_best_dense": min(times["sdpa"], times.get("fa4_dense", float("inf")))
                              / sparse})
@@ -168,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--densities", type=float, nargs="+", default=[1.0, 0.25, 0.125])
     parser.add_argument("--compiled", type=lambda s: s == "1", nargs="+", default=[False, True],
                         help="1 for torch.compile, 0 for eager (default: 0 1)")
+    parser.add_argument("--compile-mode", nargs="+", default=["default"],
+                        choices=["default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"],
+                        help="torch.compile mode(s) of the compiled rows, each timed in turn (default: default); "
+                             "max-autotune-no-cudagraphs also tunes the GEMMs and fuses their epilogues (minutes "
+                             "of compile on Wan-14B shapes)")
     parser.add_argument("--backend", default="auto", help="sparse backend (default auto)")
     parser.add_argument("--quick", action="store_true", help="tiny config at 1/4 size (CPU smoke run)")
     parser.add_argument("--breakdown", action="store_true",

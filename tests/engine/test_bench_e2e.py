@@ -26,3 +26,15 @@ def test_quick_run_writes_the_contract_rows_and_a_breakdown(tmp_path):
     top = breakdown["480p eager sparse_0.25"]
     assert top and all(ms >= 0 and calls >= 1 for _, ms, calls in top)
     assert [ms for _, ms, _ in top] == sorted((ms for _, ms, _ in top), reverse=True)
+
+
+def test_each_compile_mode_gets_its_rows_against_the_eager_baseline(tmp_path):
+    out = tmp_path / "e2e.json"
+    assert main(["--quick", "--res", "480p", "--densities", "0.25", "--compiled", "0", "1", "--layers", "1",
+                 "--compile-mode", "default", "reduce-overhead", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["compiled"], r["compile_mode"]) for r in rows] == [(False, None), (True, "default"),
+                                                                 (True, "reduce-overhead")]
+    eager = rows[0]["ms_dense"]
+    for row in rows:
+        assert row["speedup_vs_eager_sdpa"] == pytest.approx(eager / row["ms_sparse"])
