@@ -58,16 +58,22 @@ def _sparse_hook(pipe: Any, adapter: VideoModelAdapter, profile: Profile, s: Gen
 
 
 def _warm_up(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, conditioning: Any, latents: Any,
-             variants: list[AttentionHook | None]) -> None:
+             variants: list[AttentionHook | None], progress: Progress) -> None:
     """Steps thrown away so that the timed steps do not pay for first-call costs: ``warmup_steps`` dense
-    ones, and when compiling one step of each variant the job runs (None: dense; a hook), which compiles it."""
-    if s.warmup_steps:
-        warm = Trajectory(pipe, adapter, conditioning, latents, s.steps)
-        for _ in range(min(s.warmup_steps, s.steps)):
-            warm.step()
-    if s.compile:
-        for hook in variants:
-            Trajectory(pipe, adapter, conditioning, latents, s.steps, hook).step()
+    ones, and when compiling one step of each variant the job runs (None: dense; a hook), which compiles it.
+
+    They report as the ``warm-up`` phase: a first compile takes tens of seconds on a CPU and minutes for Wan,
+    so the user sees what the job is doing and can cancel it there too."""
+    dense = min(s.warmup_steps, s.steps)
+    steps = [None] * dense + (list(variants) if s.compile else [])
+    warm = None
+    for i, hook in enumerate(steps):
+        progress.update("warm-up", i, len(steps))
+        if warm is None or i >= dense:  # one dense run of steps, then each compiled variant's own first step
+            warm = Trajectory(pipe, adapter, conditioning, latents, s.steps, hook)
+        warm.step()
+    if steps:
+        progress.update("warm-up", len(steps), len(steps))
 
 
 def generate(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, profile: Profile | None = None,
@@ -78,7 +84,7 @@ def generate(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, profi
     conditioning = adapter.encode(pipe, s.prompt, s.negative_prompt, s.guidance_scale)
     latents = adapter.initial_latents(pipe, s.height, s.width, s.frames, s.seed)
     with compiled(pipe.transformer, s.compile):
-        _warm_up(pipe, adapter, s, conditioning, latents, [hook])
+        _warm_up(pipe, adapter, s, conditioning, latents, [hook], progress)
         trajectory = Trajectory(pipe, adapter, conditioning, latents, s.steps, hook)
         timer, clip = StepTimer(latents.device), Clip(frames=np.empty(0))
         while not trajectory.done:
@@ -135,7 +141,7 @@ def compare(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, profil
     conditioning = adapter.encode(pipe, s.prompt, s.negative_prompt, s.guidance_scale)
     latents = adapter.initial_latents(pipe, s.height, s.width, s.frames, s.seed)
     with compiled(pipe.transformer, s.compile):
-        _warm_up(pipe, adapter, s, conditioning, latents, [None, hook])
+        _warm_up(pipe, adapter, s, conditioning, latents, [None, hook], progress)
         dense = Trajectory(pipe, adapter, conditioning, latents, s.steps)
         sparse = Trajectory(pipe, adapter, conditioning, latents, s.steps, hook)
         timer = StepTimer(latents.device)

@@ -154,7 +154,12 @@ def test_compiled_jobs_match_eager_and_compile_once(pipe, adapter, calibrated):
 
     s = _settings(guidance_scale=1.0, threshold=0.9, dense_steps=1)
     eager = compare(pipe, adapter, s, calibrated, backend="cpu")
-    fast = compare(pipe, adapter, replace(s, compile=True), calibrated, backend="cpu")
+    events = []
+    fast = compare(pipe, adapter, replace(s, compile=True, warmup_steps=1), calibrated, backend="cpu",
+                   progress=Progress(lambda phase, step, total, _eta: events.append((phase, step, total))))
+    # the compiling steps (after one dense warm-up step) show as their own phase, before the timed ones
+    assert events[:4] == [("warm-up", 0, 3), ("warm-up", 1, 3), ("warm-up", 2, 3), ("warm-up", 3, 3)]
+    assert events[4] == ("compare", 0, STEPS)
     for a, b in ((eager.dense, fast.dense), (eager.sparse, fast.sparse)):
         assert np.abs(a.frames.astype(int) - b.frames).max() <= 2
         assert len(b.step_ms) == STEPS  # the compiling warm-up steps are not timed
@@ -165,6 +170,9 @@ def test_compiled_jobs_match_eager_and_compile_once(pipe, adapter, calibrated):
     clip = generate(pipe, adapter, replace(s, compile=True, seed=6), calibrated, backend="cpu")
     assert counters["stats"]["unique_graphs"] == graphs
     assert again.sparse.frames.shape == clip.frames.shape == eager.sparse.frames.shape
+    stop = Progress(lambda phase, step, _total, _eta: phase == "warm-up" and step == 1 and stop.cancel())
+    with pytest.raises(Cancelled):  # a long first compile can be cancelled: the job stops at the next warm-up step
+        compare(pipe, adapter, replace(s, compile=True), calibrated, backend="cpu", progress=stop)
 
 
 def test_nested_hooks_take_the_calls_in_turn(pipe, adapter, calibrated):
