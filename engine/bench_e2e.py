@@ -4,13 +4,17 @@ Random weights, the 14B config with 4 of its 40 blocks, bf16, at 480p/81f (32 76
 720p/81f (75 600 tokens). Per step (one transformer forward): SDPA dense (diffusers' default),
 flash-attn-4 dense (the best dense kernel here, when installed), and our sparse attention through
 the engine's own hook at densities 1, 0.25 and 0.125 with structured video masks; each eager and
-``torch.compile``d. Ratios are measured side by side in one run.
+``torch.compile``d. Ratios are measured side by side in one run: every variant, eager and compiled, is
+compiled and warmed first, then all are timed in turns (rounds in a rotated order), so that a GPU warming
+up over the run slows every side of a ratio alike; the mean SM clock, temperature and power of each
+variant's turns are recorded beside its time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,12 +23,14 @@ import torch
 
 from calibstudio.engine.atomic import atomic_write
 from calibstudio.engine.machine import device_name
+from calibstudio.engine.timing import StepTimer
 
 RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}
 WAN14B = {"num_attention_heads": 40, "attention_head_dim": 128, "in_channels": 16, "out_channels": 16,
           "text_dim": 4096, "freq_dim": 256, "ffn_dim": 13824, "cross_attn_norm": True,
           "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "patch_size": (1, 2, 2)}
 TINY = dict(WAN14B, num_attention_heads=4, attention_head_dim=64, text_dim=64, ffn_dim=256)
+Variant = tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]]  # (step, install, remove)
 
 
 def _inputs(res: str, frames: int, config: dict, device: str, dtype: torch.dtype, scale: int) -> dict[str, Any]:
@@ -36,22 +42,49 @@ def _inputs(res: str, frames: int, config: dict, device: str, dtype: torch.dtype
             "return_dict": False}
 
 
-def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
-    if device == "cuda":
-        from calibstudio.kernels.bench import median_ms
+def _telemetry() -> dict[str, float] | None:
+    """SM clock, temperature and power of the GPU now (pynvml through torch), or None where unreadable.
 
-        return lambda fn: median_ms(fn, rep=300)
+    Recorded per variant so that a ratio can be read against the clocks each side ran at.
+    """
+    try:
+        return {"sm_mhz": float(torch.cuda.clock_rate()), "temp_c": float(torch.cuda.temperature()),
+                "power_w": torch.cuda.power_draw() / 1e3}
+    except Exception:  # no pynvml, or a driver that does not report
+        return None
 
-    def cpu(fn: Callable[[], Any]) -> float:
-        import time
 
-        fn()
-        began = time.perf_counter()
-        for _ in range(3):
-            fn()
-        return (time.perf_counter() - began) / 3 * 1e3
+def _interleaved(variants: dict[str, Variant], device: str, rounds: int, calls: int) -> dict[str, dict[str, Any]]:
+    """Time every variant in turn, ``rounds`` times, ``calls`` timed calls each after one untimed call.
 
-    return cpu
+    Timing one variant to the end before the next lets the GPU's clocks and temperature drift between
+    the two sides of a ratio (a lent H100 warms over minutes: the same GEMMs ran 183 ms in the first
+    variant timed and 197 ms in the last); taking turns, in an order rotated every round, puts every
+    variant under the same conditions. Returns per variant ``{"ms": median, "samples", "gpu"}``.
+    """
+    names, timer = list(variants), StepTimer(device)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    gpu: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            fn, install, remove = variants[name]
+            install()
+            try:
+                fn()
+                for _ in range(calls):
+                    with timer.measure():
+                        fn()
+                    samples[name].append(timer.last_ms)
+                if device == "cuda" and (reading := _telemetry()) is not None:
+                    gpu[name].append(reading)
+            finally:
+                remove()
+    out = {}
+    for name in names:
+        readings = gpu[name]
+        mean = {k: round(statistics.fmean(x[k] for x in readings), 1) for k in readings[0]} if readings else None
+        out[name] = {"ms": statistics.median(samples[name]), "samples": len(samples[name]), "gpu": mean}
+    return out
 
 
 def _breakdown(fn: Callable[[], Any], device: str, top: int = 12) -> list[list[Any]]:
@@ -98,9 +131,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     config = TINY if args.quick else WAN14B
     with torch.device(device):
         model = WanTransformer3DModel(**config, num_layers=args.layers).to(dtype).eval()
-    adapter, timer, fa4 = WanAdapter(), _timer(device), _fa4_dense()
-    rows, breakdown = [], {}
+    adapter, fa4 = WanAdapter(), _fa4_dense()
+    modes = [(c, m) for c in args.compiled for m in (args.compile_mode if c else [None])]
+    rounds, calls = (2, 1) if args.quick else (args.rounds, args.calls)
+    rows, breakdown, telemetry = [], {}, {}
     for res in args.res:
+        torch._dynamo.reset()  # a new size compiles afresh (no dynamic-shape graph from the previous one)
         inputs = _inputs(res, args.frames, config, device, dtype, 4 if args.quick else 1)
         _, _, f, h, w = inputs["hidden_states"].shape
         grid = (f, h // 2, w // 2)
@@ -110,33 +146,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         def hook(mode: str, **kw: Any) -> AttentionHook:
             return AttentionHook(adapter, model, mode=mode, **kw)
 
-        variants: dict[str, AttentionHook | None] = {"sdpa": None}
+        hooks: dict[str, AttentionHook | None] = {"sdpa": None}
         if fa4 is not None:
-            variants["fa4_dense"] = hook("dense", dense_fn=fa4)
+            hooks["fa4_dense"] = hook("dense", dense_fn=fa4)
         for density in args.densities:
             layouts = {layer: BlockLayout.from_mask(video_block_mask(heads, grid, density, seed=layer, device=device),
                                                     q_len=tokens, k_len=tokens) for layer in range(args.layers)}
-            variants[f"sparse_{density}"] = hook("sparse", layouts=layouts, backend=args.backend)
-        for compiled, mode in [(c, m) for c in args.compiled for m in (args.compile_mode if c else [None])]:
-            times: dict[str, float] = {}
-            label = f"compiled={compiled}" + (f" mode={mode}" if compiled else "")
-            for name, variant in variants.items():
-                torch._dynamo.reset()
-                forward = torch.compile(model, mode=None if mode == "default" else mode) if compiled else model
-                if variant is not None:
-                    variant.install()
-                try:
+            hooks[f"sparse_{density}"] = hook("sparse", layouts=layouts, backend=args.backend)
+        variants: dict[str, Variant] = {}
+        for compiled, mode in modes:
+            forward = torch.compile(model, mode=None if mode == "default" else mode) if compiled else model
+            for name, variant in hooks.items():
+                key = f"{res} {f'compiled {mode}' if compiled else 'eager'} {name}"
+
+                def step(forward: Callable = forward, inputs: dict = inputs) -> Any:
                     with torch.no_grad():
-                        times[name] = timer(lambda forward=forward, inputs=inputs: forward(**inputs))
-                        if args.breakdown:
-                            breakdown[f"{res} {f'compiled {mode}' if compiled else 'eager'} {name}"] = _breakdown(
-                                lambda forward=forward, inputs=inputs: forward(**inputs), device)
-                    print(f"{res} {label} {name}: {times[name]:.1f} ms", flush=True)
+                        return forward(**inputs)
+
+                install = variant.install if variant is not None else lambda: None
+                remove = variant.remove if variant is not None else lambda: None
+                try:  # compile and warm up here, so that no timed round pays for it
+                    install()
+                    step()
+                    step()
+                    if args.breakdown:
+                        breakdown[key] = _breakdown(step, device)
+                    variants[key] = (step, install, remove)
                 except Exception as error:  # one failing variant must not lose the others' timings
-                    print(f"{res} {label} {name}: FAILED {type(error).__name__}: {error}", flush=True)
+                    print(f"{key}: FAILED {type(error).__name__}: {error}", flush=True)
                 finally:
-                    if variant is not None:
-                        variant.remove()
+                    remove()
+        timed = _interleaved(variants, device, rounds, calls)
+        for key, t in timed.items():
+            print(f"{key}: {t['ms']:.1f} ms ({t['samples']} calls)" + (f" {t['gpu']}" if t["gpu"] else ""),
+                  flush=True)
+            if t["gpu"]:
+                telemetry[key] = t["gpu"]
+        for compiled, mode in modes:
+            prefix = f"{res} {f'compiled {mode}' if compiled else 'eager'}"
+            times = {name: timed[f"{prefix} {name}"]["ms"] for name in hooks if f"{prefix} {name}" in timed}
             for density in args.densities:
                 sparse = times.get(f"sparse_{density}")
                 if sparse is None or "sdpa" not in times:
@@ -151,7 +199,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row["speedup_vs_eager_sdpa"] = eager_sdpa.get(row["res"], row["ms_dense"]) / row["ms_sparse"]
     report = {"device": device_name(device),
               "torch": torch.__version__, "layers": args.layers, "backend": args.backend,
-              "config": "tiny" if args.quick else "Wan-2.1-T2V-14B", "rows": rows}
+              "config": "tiny" if args.quick else "Wan-2.1-T2V-14B",
+              "timer": f"interleaved: {rounds} rounds, every variant (eager and compiled) in turn, order rotated "
+                       f"each round; per round one untimed call then {calls} timed; ms = median of all timed calls",
+              "rows": rows}
+    if telemetry:
+        report["gpu_telemetry"] = telemetry  # per "res mode variant": mean SM clock, temperature, power
     if breakdown:
         report["breakdown_ms"] = breakdown  # per "res mode variant": [[kernel, ms, calls], ...] of one step
     return report
@@ -176,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
                              "of compile on Wan-14B shapes)")
     parser.add_argument("--backend", default="auto", help="sparse backend (default auto)")
     parser.add_argument("--quick", action="store_true", help="tiny config at 1/4 size (CPU smoke run)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds of the interleaved timing: every variant is timed once per round (default 5)")
+    parser.add_argument("--calls", type=int, default=3, help="timed calls per variant per round (default 3)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also profile one step of each variant and record its top kernels (breakdown_ms)")
     args = parser.parse_args(argv)

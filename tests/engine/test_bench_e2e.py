@@ -38,3 +38,21 @@ def test_each_compile_mode_gets_its_rows_against_the_eager_baseline(tmp_path):
     eager = rows[0]["ms_dense"]
     for row in rows:
         assert row["speedup_vs_eager_sdpa"] == pytest.approx(eager / row["ms_sparse"])
+
+
+def test_variants_take_turns_in_a_rotated_order_with_their_hook_installed():
+    from calibstudio.engine.bench_e2e import _interleaved
+
+    log = []
+
+    def variant(name):
+        return (lambda: log.append(("call", name)), lambda: log.append(("install", name)),
+                lambda: log.append(("remove", name)))
+
+    timed = _interleaved({n: variant(n) for n in "abc"}, "cpu", rounds=3, calls=2)
+    assert [n for kind, n in log if kind == "install"] == list("abcbcacab")
+    # each turn: install, one untimed call and two timed calls of that variant only, remove
+    turns = [log[i:i + 5] for i in range(0, len(log), 5)]
+    assert all(t == [("install", t[0][1])] + [("call", t[0][1])] * 3 + [("remove", t[0][1])] for t in turns)
+    assert {n: t["samples"] for n, t in timed.items()} == {"a": 6, "b": 6, "c": 6}
+    assert all(t["ms"] >= 0 and t["gpu"] is None for t in timed.values())
