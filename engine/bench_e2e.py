@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,12 @@ import torch
 
 from calibstudio.engine.atomic import atomic_write
 from calibstudio.engine.machine import device_name
-from calibstudio.engine.timing import StepTimer
 
 RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}
 WAN14B = {"num_attention_heads": 40, "attention_head_dim": 128, "in_channels": 16, "out_channels": 16,
           "text_dim": 4096, "freq_dim": 256, "ffn_dim": 13824, "cross_attn_norm": True,
           "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "patch_size": (1, 2, 2)}
 TINY = dict(WAN14B, num_attention_heads=4, attention_head_dim=64, text_dim=64, ffn_dim=256)
-Variant = tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]]  # (step, install, remove)
 
 
 def _inputs(res: str, frames: int, config: dict, device: str, dtype: torch.dtype, scale: int) -> dict[str, Any]:
@@ -40,51 +37,6 @@ def _inputs(res: str, frames: int, config: dict, device: str, dtype: torch.dtype
             "timestep": torch.tensor([500], device=device),
             "encoder_hidden_states": torch.randn(1, 512, config["text_dim"], device=device, dtype=dtype),
             "return_dict": False}
-
-
-def _telemetry() -> dict[str, float] | None:
-    """SM clock, temperature and power of the GPU now (pynvml through torch), or None where unreadable.
-
-    Recorded per variant so that a ratio can be read against the clocks each side ran at.
-    """
-    try:
-        return {"sm_mhz": float(torch.cuda.clock_rate()), "temp_c": float(torch.cuda.temperature()),
-                "power_w": torch.cuda.power_draw() / 1e3}
-    except Exception:  # no pynvml, or a driver that does not report
-        return None
-
-
-def _interleaved(variants: dict[str, Variant], device: str, rounds: int, calls: int) -> dict[str, dict[str, Any]]:
-    """Time every variant in turn, ``rounds`` times, ``calls`` timed calls each after one untimed call.
-
-    Timing one variant to the end before the next lets the GPU's clocks and temperature drift between
-    the two sides of a ratio (a lent H100 warms over minutes: the same GEMMs ran 183 ms in the first
-    variant timed and 197 ms in the last); taking turns, in an order rotated every round, puts every
-    variant under the same conditions. Returns per variant ``{"ms": median, "samples", "gpu"}``.
-    """
-    names, timer = list(variants), StepTimer(device)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    gpu: dict[str, list[dict[str, float]]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            fn, install, remove = variants[name]
-            install()
-            try:
-                fn()
-                for _ in range(calls):
-                    with timer.measure():
-                        fn()
-                    samples[name].append(timer.last_ms)
-                if device == "cuda" and (reading := _telemetry()) is not None:
-                    gpu[name].append(reading)
-            finally:
-                remove()
-    out = {}
-    for name in names:
-        readings = gpu[name]
-        mean = {k: round(statistics.fmean(x[k] for x in readings), 1) for k in readings[0]} if readings else None
-        out[name] = {"ms": statistics.median(samples[name]), "samples": len(samples[name]), "gpu": mean}
-    return out
 
 
 def _breakdown(fn: Callable[[], Any], device: str, top: int = 12) -> list[list[Any]]:
@@ -123,6 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from calibstudio.engine.attention_hook import AttentionHook
     from calibstudio.engine.models.wan import WanAdapter
+    from calibstudio.kernels.bench import Turn, take_turns
     from calibstudio.kernels.layout import BlockLayout
     from calibstudio.kernels.masks import video_block_mask
 
@@ -153,7 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             layouts = {layer: BlockLayout.from_mask(video_block_mask(heads, grid, density, seed=layer, device=device),
                                                     q_len=tokens, k_len=tokens) for layer in range(args.layers)}
             hooks[f"sparse_{density}"] = hook("sparse", layouts=layouts, backend=args.backend)
-        variants: dict[str, Variant] = {}
+        variants: dict[str, Turn] = {}
         for compiled, mode in modes:
             forward = torch.compile(model, mode=None if mode == "default" else mode) if compiled else model
             for name, variant in hooks.items():
@@ -163,20 +116,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     with torch.no_grad():
                         return forward(**inputs)
 
-                install = variant.install if variant is not None else lambda: None
-                remove = variant.remove if variant is not None else lambda: None
+                turn = Turn(step) if variant is None else Turn(step, variant.install, variant.remove)
                 try:  # compile and warm up here, so that no timed round pays for it
-                    install()
+                    turn.enter()
                     step()
                     step()
                     if args.breakdown:
                         breakdown[key] = _breakdown(step, device)
-                    variants[key] = (step, install, remove)
+                    variants[key] = turn
                 except Exception as error:  # one failing variant must not lose the others' timings
                     print(f"{key}: FAILED {type(error).__name__}: {error}", flush=True)
                 finally:
-                    remove()
-        timed = _interleaved(variants, device, rounds, calls)
+                    turn.leave()
+        timed = take_turns(variants, rounds, calls, cuda=device == "cuda")
         for key, t in timed.items():
             print(f"{key}: {t['ms']:.1f} ms ({t['samples']} calls)" + (f" {t['gpu']}" if t["gpu"] else ""),
                   flush=True)

@@ -2,9 +2,10 @@
 
 On a GPU: S in {32760, 75600}, H=40, D=128, bf16, B=1, densities {1, .5, .25, .125, .0625}, random and
 video masks; SDPA cuDNN dense, flash-attn-4 dense, ours (``sparse_attention`` auto), our Triton kernel,
-flash-attn-4 sparse and FlexAttention sparse, medians of ``triton.testing.do_bench``. Also the layout
-build time and the block-mass kernel against one dense cuDNN call. On a CPU: the CPU path against dense
-SDPA at the demo model's shape. ``python -m calibstudio.kernels.bench --help``.
+flash-attn-4 sparse and FlexAttention sparse, each row's backends and dense baselines timed in turns
+(``take_turns``: rounds in a rotated order, medians), so that clock drift cannot favour either side of a
+ratio. Also the layout build time and the block-mass kernel against one dense cuDNN call, timed in turns.
+On a CPU: the CPU path against dense SDPA at the demo model's shape. ``python -m calibstudio.kernels.bench --help``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +68,78 @@ def median_ms(fn: Callable[[], Any], rep: int = 200, samples: int = 10) -> float
     torch.cuda.synchronize()
     rep = max(rep, int(samples * start.elapsed_time(end)) + 1)
     return float(do_bench(fn, warmup=50, rep=rep, return_mode="median"))
+
+
+class Turn(NamedTuple):
+    """One variant of a side-by-side timing: the call, and what to do before and after its turn."""
+
+    call: Callable[[], Any]
+    enter: Callable[[], Any] = lambda: None
+    leave: Callable[[], Any] = lambda: None
+
+
+def gpu_telemetry() -> dict[str, float] | None:
+    """SM clock, temperature and power of the GPU now (pynvml through torch), or None where unreadable.
+
+    Recorded per variant so that a ratio can be read against the clocks each side ran at.
+    """
+    try:
+        return {"sm_mhz": float(torch.cuda.clock_rate()), "temp_c": float(torch.cuda.temperature()),
+                "power_w": torch.cuda.power_draw() / 1e3}
+    except Exception:  # no pynvml, or a driver that does not report
+        return None
+
+
+def _call_ms(fn: Callable[[], Any], cuda: bool) -> float:
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    began = time.perf_counter()
+    fn()
+    return (time.perf_counter() - began) * 1e3
+
+
+def take_turns(variants: dict[str, Turn], rounds: int, calls: int, cuda: bool) -> dict[str, dict[str, Any]]:
+    """Time every variant in turn, ``rounds`` times, ``calls`` timed calls each after one untimed call.
+
+    Timing one variant to the end before the next lets the GPU's clocks and temperature drift between
+    the two sides of a ratio (on a lent H100 the same GEMMs ran 183 ms in the first variant of a step
+    profile and 197 ms in the last); taking turns, in an order rotated every round, puts every variant
+    under the same conditions. Returns per variant ``{"ms": median, "samples", "gpu"}`` (``gpu``: mean
+    telemetry of its turns, None off the GPU). A variant that raises is dropped from later rounds.
+    """
+    names = list(variants)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    gpu: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    failed: set[str] = set()
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            if name in failed:
+                continue
+            turn = variants[name]
+            turn.enter()
+            try:
+                turn.call()
+                samples[name] += [_call_ms(turn.call, cuda) for _ in range(calls)]
+                if cuda and (reading := gpu_telemetry()) is not None:
+                    gpu[name].append(reading)
+            except Exception as e:  # a backend failing must not lose the rest of the table
+                _log(f"    ! {name}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+                failed.add(name)
+            finally:
+                turn.leave()
+    out = {}
+    for name in names:
+        if not samples[name] or name in failed:
+            continue
+        readings = gpu[name]
+        mean = {k: round(statistics.fmean(x[k] for x in readings), 1) for k in readings[0]} if readings else None
+        out[name] = {"ms": statistics.median(samples[name]), "samples": len(samples[name]), "gpu": mean}
+    return out
 
 
 def _bench_gpu(fn: Callable[[], Any], rep: int = 200) -> float | None:
@@ -143,14 +216,16 @@ def _bench_seq(S: int, args: argparse.Namespace, result: dict[str, Any], rows: l
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             return F.scaled_dot_product_attention(qt, kt, vt)
 
-    ms_cudnn = _bench_gpu(cudnn)
-    ms_fa4_dense = None
+    # The dense baselines are timed again beside every row (and beside the mass kernel), in turns with it.
+    dense = {"cudnn_dense": Turn(cudnn)}
     if have_fa4:
         from flash_attn.cute.interface import flash_attn_func
 
-        ms_fa4_dense = _bench_gpu(lambda: flash_attn_func(q, k, v))
-    best_dense = min(x for x in (ms_cudnn, ms_fa4_dense) if x is not None) if (ms_cudnn or ms_fa4_dense) else None
-    _log(f"  dense: cudnn {ms_cudnn}  fa4 {ms_fa4_dense}")
+        dense["fa4_dense"] = Turn(lambda: flash_attn_func(q, k, v))
+
+    def turns(**fns: Callable[[], Any]) -> dict[str, float | None]:
+        timed = take_turns({**dense, **{n: Turn(f) for n, f in fns.items()}}, args.rounds, args.calls, cuda=True)
+        return {n: timed[n]["ms"] if n in timed else None for n in [*dense, *fns]}
     if args.sweep and S == seqs[0]:
         lays = {
             "d1": BlockLayout.from_mask(_mask("random", H, S, 1.0, dev), 128, 128, S, S),
@@ -169,7 +244,8 @@ def _bench_seq(S: int, args: argparse.Namespace, result: dict[str, Any], rows: l
         _, lse = triton_sparse_attention(q, k, v, BlockLayout.dense(H, S, device=dev), return_lse=True)
         variants = MASS_VARIANTS if (args.sweep and S == seqs[0]) else [result.get("mass_best", MASS_VARIANTS[0])]
         for var in variants:
-            ms = _bench_gpu(lambda var=var: triton_block_mass(q, k, lse, **var), rep=100)
+            t = turns(mass=lambda var=var: triton_block_mass(q, k, lse, **var))
+            ms, ms_cudnn = t["mass"], t["cudnn_dense"]
             result["mass"].append({"S": S, **var, "ms": ms, "ms_cudnn_dense": ms_cudnn,
                                    "ratio_to_cudnn": (ms / ms_cudnn) if ms and ms_cudnn else None})
             _log(f"  mass {var}: {ms} ms  ({(ms or 0) / (ms_cudnn or 1):.3f} x cudnn dense)")
@@ -187,18 +263,18 @@ def _bench_seq(S: int, args: argparse.Namespace, result: dict[str, Any], rows: l
             row: dict[str, Any] = {"S": S, "H": H, "D": D, "B": B, "density": round(lay.density, 5),
                                    "density_target": d, "mask": fam if d < 1 else "dense",
                                    "repeated_rows": round(lay.repeated_rows(), 4), "max_k": lay.max_k}
-            row["ms_triton"] = _bench_gpu(lambda lay=lay: triton_sparse_attention(q, k, v, lay))
-            row["ms_ours"] = _bench_gpu(lambda lay=lay: sparse_attention(q, k, v, lay))
+            fns = {"triton": lambda lay=lay: triton_sparse_attention(q, k, v, lay),
+                   "ours": lambda lay=lay: sparse_attention(q, k, v, lay),
+                   "flex": lambda lay=lay: flex_sparse_attention(q, k, v, lay)}
+            if have_fa4:
+                fns["fa4"] = lambda lay=lay: sparse_attention(q, k, v, lay, backend="fa4")
+            t = turns(**fns)
+            row.update({f"ms_{n}": t.get(n) for n in ("ours", "triton", "fa4", "flex", "cudnn_dense", "fa4_dense")})
             o, e = _try(lambda lay=lay: sparse_attention(q, k, v, lay))
             row["err_ours_vs_triton"] = _err(o, ref)
-            row["ms_fa4"] = None
-            if have_fa4:
-                row["ms_fa4"] = _bench_gpu(lambda lay=lay: sparse_attention(q, k, v, lay, backend="fa4"))
-            row["ms_flex"] = _bench_gpu(lambda lay=lay: flex_sparse_attention(q, k, v, lay))
             o, e = _try(lambda lay=lay: flex_sparse_attention(q, k, v, lay))
             row["err_flex_vs_triton"] = _err(o, ref)
-            row["ms_cudnn_dense"] = ms_cudnn
-            row["ms_fa4_dense"] = ms_fa4_dense
+            best_dense = min((x for x in (row["ms_cudnn_dense"], row["ms_fa4_dense"]) if x), default=None)
             if best_dense and row["ms_ours"]:
                 row["ours_over_ideal"] = row["ms_ours"] / (lay.density * best_dense)
             if row["ms_triton"] and row["ms_flex"]:
@@ -241,7 +317,7 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
     shapes = [(512, 4, (2, 16, 16))] if args.quick else [(2048, 4, (8, 16, 16)), (2048, 12, (8, 16, 16)),
                                                           (3120, 8, (13, 15, 16)), (4096, 8, (16, 16, 16))]
     dens = [0.25] if args.quick else [0.5, 0.25, 0.125]
-    reps = 3 if args.quick else 7
+    rounds, calls = (2, 1) if args.quick else (args.rounds, args.calls)
     rows = []
     for S, H, grid in shapes:
         q, k, v = (torch.randn(1, S, H, 64) for _ in range(3))
@@ -258,19 +334,10 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
                 def sparse(q=q, k=k, v=v, lay=lay):
                     return cpu_sparse_attention(q, k, v, lay)
 
-                dense(), sparse()
-                td, ts = [], []
-                for _ in range(reps):  # interleaved: this box's speed drifts with its neighbours
-                    t = time.perf_counter()
-                    dense()
-                    td.append(time.perf_counter() - t)
-                    t = time.perf_counter()
-                    sparse()
-                    ts.append(time.perf_counter() - t)
+                t = take_turns({"dense": Turn(dense), "sparse": Turn(sparse)}, rounds, calls, cuda=False)
                 row = {"S": S, "H": H, "D": 64, "B": 1, "density": round(lay.density, 5), "mask": fam,
-                       "ms_ours": 1e3 * statistics.median(ts), "ms_cpu": 1e3 * statistics.median(ts),
-                       "ms_sdpa_dense": 1e3 * statistics.median(td),
-                       "speedup": statistics.median(a / b for a, b in zip(td, ts, strict=True)),
+                       "ms_ours": t["sparse"]["ms"], "ms_cpu": t["sparse"]["ms"], "ms_sdpa_dense": t["dense"]["ms"],
+                       "speedup": t["dense"]["ms"] / t["sparse"]["ms"],
                        "ms_triton": None, "ms_fa4": None, "ms_flex": None, "ms_cudnn_dense": None,
                        "ms_fa4_dense": None, "threads": args.threads}
                 rows.append(row)
@@ -291,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heads", type=int, default=40)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="CPU threads (the CPU benchmark)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds of the side-by-side timing: every backend of a row, dense baselines included, "
+                        "is timed once per round, in turns (default 5)")
+    p.add_argument("--calls", type=int, default=3, help="timed calls per backend per round (default 3)")
     p.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the Triton config sweep")
     p.add_argument("--no-mass", dest="mass", action="store_false", help="skip the block-mass kernel")
     p.add_argument("--sweep-only", action="store_true", help="only the config sweeps (tuning run)")

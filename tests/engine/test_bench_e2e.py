@@ -41,7 +41,7 @@ def test_each_compile_mode_gets_its_rows_against_the_eager_baseline(tmp_path):
 
 
 def test_variants_take_turns_in_a_rotated_order_with_their_hook_installed():
-    from calibstudio.engine.bench_e2e import _interleaved
+    from calibstudio.kernels.bench import Turn, take_turns
 
     log = []
 
@@ -49,7 +49,7 @@ def test_variants_take_turns_in_a_rotated_order_with_their_hook_installed():
         return (lambda: log.append(("call", name)), lambda: log.append(("install", name)),
                 lambda: log.append(("remove", name)))
 
-    timed = _interleaved({n: variant(n) for n in "abc"}, "cpu", rounds=3, calls=2)
+    timed = take_turns({n: Turn(*variant(n)) for n in "abc"}, rounds=3, calls=2, cuda=False)
     assert [n for kind, n in log if kind == "install"] == list("abcbcacab")
     # each turn: install, one untimed call and two timed calls of that variant only, remove
     turns = [log[i:i + 5] for i in range(0, len(log), 5)]

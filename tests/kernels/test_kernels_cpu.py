@@ -1,5 +1,7 @@
 """Kernels on the CPU: layout edge cases, CPU path, backend choice, and the Triton kernels interpreted."""
 
+import json
+
 import pytest
 import torch
 
@@ -259,3 +261,15 @@ def test_norm_rope_runs_diffusers_sequence_off_cuda():
     assert not fusable(x, norm)  # a CPU tensor: diffusers' own sequence, bit for bit
     torch.testing.assert_close(norm_rope(x, norm, 2, cos, sin), norm_rope_reference(x, norm, 2, cos, sin),
                                atol=0, rtol=0)
+
+
+def test_cpu_bench_times_both_paths_in_turns_and_writes_the_contract(tmp_path):
+    from calibstudio.kernels.bench import main
+
+    out = tmp_path / "kernels.json"
+    assert main(["--quick", "--cpu", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert {"device", "torch", "rows"} <= set(report)
+    for row in report["rows"]:
+        assert {"S", "H", "D", "density", "mask", "ms_ours", "ms_sdpa_dense", "speedup"} <= set(row)
+        assert row["speedup"] == pytest.approx(row["ms_sdpa_dense"] / row["ms_ours"])
