@@ -226,6 +226,7 @@ def _bench_seq(S: int, args: argparse.Namespace, result: dict[str, Any], rows: l
     def turns(**fns: Callable[[], Any]) -> dict[str, float | None]:
         timed = take_turns({**dense, **{n: Turn(f) for n, f in fns.items()}}, args.rounds, args.calls, cuda=True)
         return {n: timed[n]["ms"] if n in timed else None for n in [*dense, *fns]}
+
     if args.sweep and S == seqs[0]:
         lays = {
             "d1": BlockLayout.from_mask(_mask("random", H, S, 1.0, dev), 128, 128, S, S),
