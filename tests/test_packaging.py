@@ -73,3 +73,13 @@ def test_wheel_holds_one_namespace_and_imports(tmp_path):
     result = _python(code, PYTHONPATH=str(tmp_path / "site"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().startswith(str(tmp_path / "site"))
+
+
+def test_run_from_the_checkout_root_the_kernels_folder_does_not_shadow_hugging_faces(tmp_path):
+    """`python -m calibstudio ...` from the repository root (as the studio starts its engine) puts the root
+    on sys.path; its `kernels/` folder must not stand in for the `kernels` package diffusers imports."""
+    root = Path(__file__).resolve().parents[1]
+    code = ("import calibstudio, importlib.util; spec = importlib.util.find_spec('kernels'); "
+            "print(spec.origin if spec else 'none')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert Path(out.stdout.strip()) != root / "kernels" / "__init__.py"

@@ -7,7 +7,27 @@ The package is one namespace mapped onto the repository's top-level folders
 itself is cheap and torch-free.
 """
 
+import sys
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+
+def _unshadow() -> None:
+    """Drop a calibstudio source checkout's root from ``sys.path`` (``python -m`` run there puts it first).
+
+    Its top-level ``kernels/`` folder (installed as ``calibstudio.kernels``) would shadow Hugging Face's
+    ``kernels`` package, which transformers requires and diffusers imports when it is installed: loading
+    any model then fails with "cannot import name ... from 'kernels'". Only a folder holding our own
+    layout (``kernels/layout.py`` beside ``packaging/calibstudio``) is dropped.
+    """
+    for entry in list(sys.path):
+        root = Path(entry or ".")
+        if (root / "kernels" / "layout.py").is_file() and (root / "packaging" / "calibstudio").is_dir():
+            sys.path.remove(entry)
+
+
+_unshadow()
 
 
 def __getattr__(name: str):  # noqa: ANN202 - lazy so `import calibstudio` stays torch-free
