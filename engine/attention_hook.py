@@ -13,6 +13,10 @@ call to the installed hook through one opaque custom op (``calibstudio::hooked_a
 per-step choices (step bin, dense steps, layouts, recorders) then stay in Python outside the graph and
 the processors hold only (site, layer) numbers, so one compiled graph serves every step and every job
 (traced, the step would be a guard: a recompile per step bin, and eager after dynamo's limit).
+The op is tagged ``cudagraph_unsafe``: a CUDA graph would record its kernels with the layout of the
+step it was captured at and replay them for every later step and job; inductor instead leaves it out
+of the graphs it captures (``mode="reduce-overhead"`` / ``"max-autotune"``), and the hook chooses anew
+on each call.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ def attend_at(site: int, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.
     return _hooked_attention(q, k, v, site, layer)
 
 
-@torch.library.custom_op("calibstudio::hooked_attention", mutates_args=())
+@torch.library.custom_op("calibstudio::hooked_attention", mutates_args=(),
+                         tags=tuple(t for t in (getattr(torch.Tag, "cudagraph_unsafe", None),) if t is not None))
 def _hooked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, site: int, layer: int) -> torch.Tensor:
     # contiguous, as the fake says (the caller's flatten would copy a transposed result anyway)
     return _INSTALLED[site].attend(layer, q, k, v).contiguous()

@@ -328,6 +328,33 @@ def test_apply_profile_makes_a_plain_pipeline_call_sparse_and_comes_off(pipe, ca
         pipe("x", height=128, width=128, num_frames=9, num_inference_steps=1, output_type="latent")
 
 
+def test_the_hook_op_is_left_out_of_cuda_graphs():
+    """A captured graph would replay the first step's layout for every step; inductor skips ops so tagged."""
+    assert torch.Tag.cudagraph_unsafe in torch.ops.calibstudio.hooked_attention.default.tags
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_apply_profile_under_cuda_graphs_uses_every_steps_layout(calibrated):
+    """``compile(mode="reduce-overhead")`` (CUDA graphs) with the hook on gives the eager sparse clip."""
+    import calibstudio
+
+    own = tiny_wan_pipeline(seed=0).to("cuda")
+
+    def run():
+        return own("a red circle moves left", height=64, width=128, num_frames=9, num_inference_steps=STEPS,
+                   guidance_scale=1.0, output_type="latent",
+                   generator=torch.Generator("cuda").manual_seed(1)).frames
+
+    with calibstudio.apply_profile(own, calibrated, threshold=0.9, backend="reference"):
+        eager = run()
+    own.transformer.compile(mode="reduce-overhead")
+    with calibstudio.apply_profile(own, calibrated, threshold=0.9, backend="reference") as hook:
+        run()  # captures
+        torch.testing.assert_close(run(), eager, atol=1e-3, rtol=0)
+        assert set(hook._layouts) == {(0, 0), (0, 1), (1, 0), (1, 1)}
+
+
 def test_apply_profile_under_an_in_place_compiled_transformer(calibrated):
     """README: ``pipe.transformer.compile()`` with the hook on gives the eager sparse clip, one graph for all."""
     from torch._dynamo.utils import counters
