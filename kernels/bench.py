@@ -52,6 +52,25 @@ def _gpu_name() -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-") or "gpu"
 
 
+def _call_ms(fn: Callable[[], Any], cuda: bool) -> float:
+    """One call's ms: CUDA events on the GPU, the wall clock on the CPU."""
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    began = time.perf_counter()
+    fn()
+    return (time.perf_counter() - began) * 1e3
+
+
+def _describe(e: Exception) -> str:
+    """An exception in one line, for a table row that failed."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
 def median_ms(fn: Callable[[], Any], rep: int = 200, samples: int = 10) -> float:
     """Median ms of ``fn`` on the GPU over at least ``samples`` timed calls.
 
@@ -60,13 +79,8 @@ def median_ms(fn: Callable[[], Any], rep: int = 200, samples: int = 10) -> float
     """
     from triton.testing import do_bench
 
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     fn()
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize()
-    rep = max(rep, int(samples * start.elapsed_time(end)) + 1)
+    rep = max(rep, int(samples * _call_ms(fn, cuda=True)) + 1)
     return float(do_bench(fn, warmup=50, rep=rep, return_mode="median"))
 
 
@@ -88,19 +102,6 @@ def gpu_telemetry() -> dict[str, float] | None:
                 "power_w": torch.cuda.power_draw() / 1e3}
     except Exception:  # no pynvml, or a driver that does not report
         return None
-
-
-def _call_ms(fn: Callable[[], Any], cuda: bool) -> float:
-    if cuda:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-    began = time.perf_counter()
-    fn()
-    return (time.perf_counter() - began) * 1e3
 
 
 def take_turns(variants: dict[str, Turn], rounds: int, calls: int, cuda: bool) -> dict[str, dict[str, Any]]:
@@ -129,7 +130,7 @@ def take_turns(variants: dict[str, Turn], rounds: int, calls: int, cuda: bool) -
                 if cuda and (reading := gpu_telemetry()) is not None:
                     gpu[name].append(reading)
             except Exception as e:  # a backend failing must not lose the rest of the table
-                _log(f"    ! {name}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+                _log(f"    ! {name}: {_describe(e)}")
                 failed.add(name)
             finally:
                 turn.leave()
@@ -147,7 +148,7 @@ def _bench_gpu(fn: Callable[[], Any], rep: int = 200) -> float | None:
     try:
         return median_ms(fn, rep)
     except Exception as e:  # a backend failing must not lose the rest of the table
-        _log(f"    ! {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+        _log(f"    ! {_describe(e)}")
         return None
 
 
@@ -155,7 +156,7 @@ def _try(fn: Callable[[], Any]) -> tuple[Any, str | None]:
     try:
         return fn(), None
     except Exception as e:
-        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        return None, _describe(e)
 
 
 def _err(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
