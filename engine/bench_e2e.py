@@ -5,7 +5,7 @@ Random weights, the 14B config with 4 of its 40 blocks, bf16, at 480p/81f (32 76
 flash-attn-4 dense (the best dense kernel here, when installed), and our sparse attention through
 the engine's own hook at densities 1, 0.25 and 0.125 with structured video masks; each eager and
 ``torch.compile``d. Ratios are measured side by side in one run: every variant, eager and compiled, is
-compiled and warmed first, then all are timed in turns (rounds in a rotated order), so that a GPU warming
+compiled and warmed first, then all are timed in turns (rounds in a shuffled order), so that a GPU warming
 up over the run slows every side of a ratio alike; the mean SM clock, temperature and power of each
 variant's turns are recorded beside its time.
 """
@@ -23,6 +23,7 @@ import torch
 from calibstudio.engine.atomic import atomic_write
 from calibstudio.engine.machine import device_name
 
+FUSED = " fused-qkv"  # suffix of a variant run with its self-attention Q, K, V projections fused
 RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}
 WAN14B = {"num_attention_heads": 40, "attention_head_dim": 128, "in_channels": 16, "out_channels": 16,
           "text_dim": 4096, "freq_dim": 256, "ffn_dim": 13824, "cross_attn_norm": True,
@@ -70,6 +71,25 @@ def _fa4_dense() -> Callable | None:
     return attend
 
 
+def _qkv_fusion(model: torch.nn.Module) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Switches the self-attention Q, K, V projections between three GEMMs and one.
+
+    The fused weights are built once (diffusers' own ``WanAttention.fuse_projections``) and the switch
+    only flips ``fused_projections``, which the hook's processor reads: a compiled model keeps one graph
+    per setting instead of recompiling on every turn for a new ``to_qkv`` module.
+    """
+    attns = [block.attn1 for block in model.blocks]
+    for attn in attns:
+        attn.fuse_projections()
+
+    def switch(on: bool) -> None:
+        for attn in attns:
+            attn.fused_projections = on
+
+    switch(False)
+    return (lambda: switch(True)), (lambda: switch(False))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from diffusers import WanTransformer3DModel
 
@@ -106,17 +126,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             layouts = {layer: BlockLayout.from_mask(video_block_mask(heads, grid, density, seed=layer, device=device),
                                                     q_len=tokens, k_len=tokens) for layer in range(args.layers)}
             hooks[f"sparse_{density}"] = hook("sparse", layouts=layouts, backend=args.backend)
+        fuse, unfuse = _qkv_fusion(model) if args.fuse_qkv else (None, None)
+        fusions = (False, True) if args.fuse_qkv else (False,)
         variants: dict[str, Turn] = {}
         for compiled, mode in modes:
             forward = torch.compile(model, mode=None if mode == "default" else mode) if compiled else model
-            for name, variant in hooks.items():
-                key = f"{res} {f'compiled {mode}' if compiled else 'eager'} {name}"
+            for (name, variant), fused in ((item, f) for item in hooks.items() for f in fusions):
+                key = f"{res} {f'compiled {mode}' if compiled else 'eager'} {name}{FUSED if fused else ''}"
 
                 def step(forward: Callable = forward, inputs: dict = inputs) -> Any:
                     with torch.no_grad():
                         return forward(**inputs)
 
-                turn = Turn(step) if variant is None else Turn(step, variant.install, variant.remove)
+                enter, leave = (variant.install, variant.remove) if variant else (lambda: None, lambda: None)
+                if fused:
+                    enter, leave = (lambda e=enter: (fuse(), e())), (lambda le=leave: (le(), unfuse()))
+                turn = Turn(step, enter, leave)
                 try:  # compile and warm up here, so that no timed round pays for it
                     turn.enter()
                     step()
@@ -136,7 +161,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 telemetry[key] = t["gpu"]
         for compiled, mode in modes:
             prefix = f"{res} {f'compiled {mode}' if compiled else 'eager'}"
-            times = {name: timed[f"{prefix} {name}"]["ms"] for name in hooks if f"{prefix} {name}" in timed}
+            times = {name: t["ms"] for name, t in ((k.removeprefix(f"{prefix} "), t) for k, t in timed.items()
+                                                    if k.startswith(f"{prefix} "))}
             for density in args.densities:
                 sparse = times.get(f"sparse_{density}")
                 if sparse is None or "sdpa" not in times:
@@ -146,13 +172,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              "speedup": times["sdpa"] / sparse, "ms_fa4_dense": times.get("fa4_dense"),
                              "speedup_vs_best_dense": min(times["sdpa"], times.get("fa4_dense", float("inf")))
                              / sparse})
+                if f"sparse_{density}{FUSED}" in times:  # the same step with Q, K, V as one GEMM
+                    rows[-1].update(ms_sdpa_fused_qkv=times.get(f"sdpa{FUSED}"),
+                                    ms_sparse_fused_qkv=times[f"sparse_{density}{FUSED}"])
     eager_sdpa = {r["res"]: r["ms_dense"] for r in rows if not r["compiled"]}
     for row in rows:
         row["speedup_vs_eager_sdpa"] = eager_sdpa.get(row["res"], row["ms_dense"]) / row["ms_sparse"]
+        if "ms_sparse_fused_qkv" in row:
+            row["speedup_vs_eager_sdpa_fused_qkv"] = eager_sdpa.get(row["res"], row["ms_dense"]) / row[
+                "ms_sparse_fused_qkv"]
     report = {"device": device_name(device),
               "torch": torch.__version__, "layers": args.layers, "backend": args.backend,
               "config": "tiny" if args.quick else "Wan-2.1-T2V-14B",
-              "timer": f"interleaved: {rounds} rounds, every variant (eager and compiled) in turn, order rotated "
+              "timer": f"interleaved: {rounds} rounds, every variant (eager and compiled) in turn, order shuffled "
                        f"each round; per round one untimed call then {calls} timed; ms = median of all timed calls",
               "rows": rows}
     if telemetry:
@@ -180,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
                              "max-autotune-no-cudagraphs also tunes the GEMMs and fuses their epilogues (minutes "
                              "of compile on Wan-14B shapes)")
     parser.add_argument("--backend", default="auto", help="sparse backend (default auto)")
+    parser.add_argument("--fuse-qkv", action="store_true",
+                        help="also time every variant with its self-attention Q, K, V projections fused into one "
+                             "GEMM (diffusers' fuse_projections), in the same turns")
     parser.add_argument("--quick", action="store_true", help="tiny config at 1/4 size (CPU smoke run)")
     parser.add_argument("--rounds", type=int, default=5,
                         help="rounds of the interleaved timing: every variant is timed once per round (default 5)")

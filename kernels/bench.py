@@ -3,7 +3,7 @@
 On a GPU: S in {32760, 75600}, H=40, D=128, bf16, B=1, densities {1, .5, .25, .125, .0625}, random and
 video masks; SDPA cuDNN dense, flash-attn-4 dense, ours (``sparse_attention`` auto), our Triton kernel,
 flash-attn-4 sparse and FlexAttention sparse, each row's backends and dense baselines timed in turns
-(``take_turns``: rounds in a rotated order, medians), so that clock drift cannot favour either side of a
+(``take_turns``: rounds in a shuffled order, medians), so that clock drift cannot favour either side of a
 ratio. Also the layout build time and the block-mass kernel against one dense cuDNN call, timed in turns.
 On a CPU: the CPU path against dense SDPA at the demo model's shape. ``python -m calibstudio.kernels.bench --help``.
 """
@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import random
 import statistics
 import sys
 import time
@@ -108,9 +109,11 @@ def take_turns(variants: dict[str, Turn], rounds: int, calls: int, cuda: bool) -
     """Time every variant in turn, ``rounds`` times, ``calls`` timed calls each after one untimed call.
 
     Timing one variant to the end before the next would let the machine's clocks and temperature drift
-    between the two sides of a ratio; taking turns, in an order rotated every round, puts every variant
-    under the same conditions (on a lent H100 at 720p both orders agreed within 0.5%: the steps sit at the
-    700 W power cap, which the recorded telemetry shows). Returns per variant ``{"ms": median, "samples",
+    between the two sides of a ratio; taking turns puts every variant under the same conditions. The order
+    is shuffled every round (seeded, so a run is repeatable): a variant's first calls run at the clocks its
+    predecessor left (lent H100s sit at the 700 W power cap, which the recorded telemetry shows), and a
+    merely rotated order gives every variant the same predecessor in every round — two calls of one
+    flash-attn-4 kernel read 2-10% apart that way. Returns per variant ``{"ms": median, "samples",
     "gpu"}`` (``gpu``: mean telemetry of its turns, None off the GPU). A variant that raises is dropped
     from later rounds.
     """
@@ -119,7 +122,7 @@ def take_turns(variants: dict[str, Turn], rounds: int, calls: int, cuda: bool) -
     gpu: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     failed: set[str] = set()
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in random.Random(r).sample(names, len(names)):
             if name in failed:
                 continue
             turn = variants[name]

@@ -377,3 +377,25 @@ def test_apply_profile_under_an_in_place_compiled_transformer(calibrated):
     with calibstudio.apply_profile(own, calibrated, threshold=0.9, backend="reference"):
         run()
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_apply_profile_with_fused_qkv_projections_gives_the_same_sparse_clip(calibrated):
+    """README: diffusers' ``transformer.fuse_qkv_projections()`` (Q, K, V as one GEMM) works with the hook on."""
+    import calibstudio
+
+    own = tiny_wan_pipeline(seed=0)  # fused in place: not the module's shared pipeline
+
+    def run():
+        return own("a red circle moves left", height=64, width=128, num_frames=9, num_inference_steps=STEPS,
+                   guidance_scale=1.0, output_type="latent", generator=torch.Generator().manual_seed(1)).frames
+
+    with calibstudio.apply_profile(own, calibrated, threshold=0.9, backend="reference"):
+        separate = run()
+    own.transformer.fuse_qkv_projections()
+    fused_calls = []
+    for block in own.transformer.blocks:
+        block.attn1.to_qkv.register_forward_hook(lambda *_: fused_calls.append(1))
+    with calibstudio.apply_profile(own, calibrated, threshold=0.9, backend="reference") as hook:
+        torch.testing.assert_close(run(), separate, atol=1e-4, rtol=0)
+        assert set(hook._layouts) == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert fused_calls  # the hook's processor took the one-GEMM projection
