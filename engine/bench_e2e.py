@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
                 enter, leave = (variant.install, variant.remove) if variant else (lambda: None, lambda: None)
                 if fused:
-                    enter, leave = (lambda e=enter: (fuse(), e())), (lambda le=leave: (le(), unfuse()))
+                    enter, leave = (lambda e=enter, f=fuse: (f(), e())), (lambda le=leave, u=unfuse: (le(), u()))
                 turn = Turn(step, enter, leave)
                 try:  # compile and warm up here, so that no timed round pays for it
                     turn.enter()
