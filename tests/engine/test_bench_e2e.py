@@ -40,6 +40,18 @@ def test_each_compile_mode_gets_its_rows_against_the_eager_baseline(tmp_path):
         assert row["speedup_vs_eager_sdpa"] == pytest.approx(eager / row["ms_sparse"])
 
 
+def test_fuse_qkv_times_the_sparse_step_with_one_qkv_gemm_beside_the_default(tmp_path):
+    out = tmp_path / "e2e.json"
+    assert main(["--quick", "--res", "480p", "--densities", "0.25", "--compiled", "0", "--layers", "1",
+                 "--fuse-qkv", "--breakdown", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert row["speedup_vs_eager_sdpa_fused_qkv"] == pytest.approx(row["ms_dense"] / row["ms_sparse_fused_qkv"])
+    # the baseline stays diffusers' default: only the sparse step gets a fused twin
+    assert set(report["breakdown_ms"]) == {"480p eager sdpa", "480p eager sparse_0.25",
+                                           "480p eager sparse_0.25 fused-qkv"}
+
+
 def test_variants_take_turns_in_a_shuffled_order_with_their_hook_installed():
     from calibstudio.kernels.bench import Turn, take_turns
 
