@@ -5,7 +5,7 @@ Random weights, the 14B config with 4 of its 40 blocks, bf16, at 480p/81f (32 76
 flash-attn-4 dense (the best dense kernel here, when installed), and our sparse attention through
 the engine's own hook at densities 1, 0.25 and 0.125 with structured video masks; each eager and
 ``torch.compile``d. Ratios are measured side by side in one run: every variant, eager and compiled, is
-compiled and warmed first, then all are timed in turns (rounds in a shuffled order), so that a GPU warming
+compiled and warmed first, then all are timed in turns (rounds in a balanced order), so that a GPU warming
 up over the run slows every side of a ratio alike; the mean SM clock, temperature and power of each
 variant's turns are recorded beside its time.
 """
@@ -185,8 +185,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report = {"device": device_name(device),
               "torch": torch.__version__, "layers": args.layers, "backend": args.backend,
               "config": "tiny" if args.quick else "Wan-2.1-T2V-14B",
-              "timer": f"interleaved: {rounds} rounds, every variant (eager and compiled) in turn, order shuffled "
-                       f"each round; per round one untimed call then {calls} timed; ms = median of all timed calls",
+              "timer": f"interleaved: {rounds} rounds, every variant (eager and compiled) in turn, rounds in a "
+                       f"Williams order (each variant follows every other equally often); per round one untimed "
+                       f"call then {calls} timed; ms = median of all timed calls",
               "rows": rows}
     if telemetry:
         report["gpu_telemetry"] = telemetry  # per "res mode variant": mean SM clock, temperature, power

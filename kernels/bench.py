@@ -3,7 +3,7 @@
 On a GPU: S in {32760, 75600}, H=40, D=128, bf16, B=1, densities {1, .5, .25, .125, .0625}, random and
 video masks; SDPA cuDNN dense, flash-attn-4 dense, ours (``sparse_attention`` auto), our Triton kernel,
 flash-attn-4 sparse and FlexAttention sparse, each row's backends and dense baselines timed in turns
-(``take_turns``: rounds in a shuffled order, medians), so that clock drift cannot favour either side of a
+(``take_turns``: rounds in a balanced order, medians), so that clock drift cannot favour either side of a
 ratio. Also the layout build time and the block-mass kernel against one dense cuDNN call, timed in turns.
 On a CPU: the CPU path against dense SDPA at the demo model's shape. ``python -m calibstudio.kernels.bench --help``.
 """
@@ -14,7 +14,6 @@ import argparse
 import json
 import math
 import os
-import random
 import statistics
 import sys
 import time
@@ -105,24 +104,35 @@ def gpu_telemetry() -> dict[str, float] | None:
         return None
 
 
+def balanced_order(n: int, r: int) -> list[int]:
+    """Round ``r`` of a Williams design for ``n`` variants: every variant follows every other equally
+    often (once in ``n`` rounds for even ``n``, twice in ``2n`` for odd), so carry-over from a
+    predecessor cannot favour one of them."""
+    first = [0]
+    for i in range(1, n):
+        first.append((i + 1) // 2 if i % 2 else n - i // 2)
+    row = [(x + r) % n for x in first]
+    return row[::-1] if n % 2 and (r // n) % 2 else row
+
+
 def take_turns(variants: dict[str, Turn], rounds: int, calls: int, cuda: bool) -> dict[str, dict[str, Any]]:
     """Time every variant in turn, ``rounds`` times, ``calls`` timed calls each after one untimed call.
 
     Timing one variant to the end before the next would let the machine's clocks and temperature drift
-    between the two sides of a ratio; taking turns puts every variant under the same conditions. The order
-    is shuffled every round (seeded, so a run is repeatable): a variant's first calls run at the clocks its
-    predecessor left (lent H100s sit at the 700 W power cap, which the recorded telemetry shows), and a
-    merely rotated order gives every variant the same predecessor in every round — two calls of one
-    flash-attn-4 kernel read 2-10% apart that way. Returns per variant ``{"ms": median, "samples",
-    "gpu"}`` (``gpu``: mean telemetry of its turns, None off the GPU). A variant that raises is dropped
-    from later rounds.
+    between the two sides of a ratio; taking turns puts every variant under the same conditions. A
+    variant's first calls also run at the clocks its predecessor left (lent H100s sit at the 700 W power
+    cap, which the recorded telemetry shows): a merely rotated order gives every variant the same
+    predecessor in every round, so the rounds follow a Williams design (:func:`balanced_order`), in which
+    every variant follows every other equally often. Returns per variant ``{"ms": median, "samples", "gpu"}``
+    (``gpu``: mean telemetry of its turns, None off the GPU). A variant that raises is dropped from later
+    rounds.
     """
     names = list(variants)
     samples: dict[str, list[float]] = {n: [] for n in names}
     gpu: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     failed: set[str] = set()
     for r in range(rounds):
-        for name in random.Random(r).sample(names, len(names)):
+        for name in (names[i] for i in balanced_order(len(names), r)):
             if name in failed:
                 continue
             turn = variants[name]
@@ -364,9 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heads", type=int, default=40)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="CPU threads (the CPU benchmark)")
-    p.add_argument("--rounds", type=int, default=5,
-                   help="rounds of the side-by-side timing: every backend of a row, dense baselines included, "
-                        "is timed once per round, in turns (default 5)")
+    p.add_argument("--rounds", type=int, default=6,
+                   help="rounds of the side-by-side timing: every backend of a row, dense baselines included, is "
+                        "timed once per round, rounds in a balanced order (default 6: a full Williams square for "
+                        "the six GPU timings of a row)")
     p.add_argument("--calls", type=int, default=3, help="timed calls per backend per round (default 3)")
     p.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the Triton config sweep")
     p.add_argument("--no-mass", dest="mass", action="store_false", help="skip the block-mass kernel")

@@ -52,7 +52,7 @@ def test_fuse_qkv_times_the_sparse_step_with_one_qkv_gemm_beside_the_default(tmp
                                            "480p eager sparse_0.25 fused-qkv"}
 
 
-def test_variants_take_turns_in_a_shuffled_order_with_their_hook_installed():
+def test_variants_take_turns_in_a_balanced_order_with_their_hook_installed():
     from calibstudio.kernels.bench import Turn, take_turns
 
     log = []
@@ -61,15 +61,25 @@ def test_variants_take_turns_in_a_shuffled_order_with_their_hook_installed():
         return (lambda: log.append(("call", name)), lambda: log.append(("install", name)),
                 lambda: log.append(("remove", name)))
 
-    timed = take_turns({n: Turn(*variant(n)) for n in "abc"}, rounds=6, calls=2, cuda=False)
+    timed = take_turns({n: Turn(*variant(n)) for n in "abcd"}, rounds=4, calls=2, cuda=False)
     order = [n for kind, n in log if kind == "install"]
-    rounds = [order[i:i + 3] for i in range(0, len(order), 3)]
-    assert all(sorted(r) == list("abc") for r in rounds)  # every variant once per round
-    # no variant always follows the same one (its first calls run at the clocks its predecessor left)
-    before = {n: {r[r.index(n) - 1] for r in rounds if r.index(n)} for n in "abc"}
-    assert all(len(p) > 1 for p in before.values()), before
+    rounds = [order[i:i + 4] for i in range(0, len(order), 4)]
+    assert all(sorted(r) == list("abcd") for r in rounds)  # every variant once per round
+    # every variant follows every other exactly once (its first calls run at the clocks its predecessor left)
+    pairs = [(r[i - 1], r[i]) for r in rounds for i in range(1, 4)]
+    assert sorted(pairs) == sorted((x, y) for x in "abcd" for y in "abcd" if x != y)
     # each turn: install, one untimed call and two timed calls of that variant only, remove
     turns = [log[i:i + 5] for i in range(0, len(log), 5)]
     assert all(t == [("install", t[0][1])] + [("call", t[0][1])] * 3 + [("remove", t[0][1])] for t in turns)
-    assert {n: t["samples"] for n, t in timed.items()} == {"a": 12, "b": 12, "c": 12}
+    assert {n: t["samples"] for n, t in timed.items()} == {"a": 8, "b": 8, "c": 8, "d": 8}
     assert all(t["ms"] >= 0 and t["gpu"] is None for t in timed.values())
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 6])
+def test_balanced_order_lets_every_variant_follow_every_other_equally_often(n):
+    from calibstudio.kernels.bench import balanced_order
+
+    rounds = [balanced_order(n, r) for r in range(n if n % 2 == 0 else 2 * n)]
+    assert all(sorted(r) == list(range(n)) for r in rounds)
+    pairs = [(r[i - 1], r[i]) for r in rounds for i in range(1, n)]
+    assert len(set(pairs)) == n * (n - 1) and len(pairs) == (1 if n % 2 == 0 else 2) * n * (n - 1)
