@@ -328,6 +328,19 @@ def test_apply_profile_makes_a_plain_pipeline_call_sparse_and_comes_off(pipe, ca
         pipe("x", height=128, width=128, num_frames=9, num_inference_steps=1, output_type="latent")
 
 
+def _own_pipeline(device: str = "cpu"):
+    """A tiny pipeline of the test's own (it is compiled or fused in place: not the module's shared one) and
+    a call that generates its clip's latents from a fixed seed."""
+    own = tiny_wan_pipeline(seed=0).to(device)
+
+    def run():
+        return own("a red circle moves left", height=64, width=128, num_frames=9, num_inference_steps=STEPS,
+                   guidance_scale=1.0, output_type="latent",
+                   generator=torch.Generator(device).manual_seed(1)).frames
+
+    return own, run
+
+
 def test_the_hook_op_is_left_out_of_cuda_graphs():
     """A captured graph would replay the first step's layout for every step; inductor skips ops so tagged."""
     assert torch.Tag.cudagraph_unsafe in torch.ops.calibstudio.hooked_attention.default.tags
@@ -339,12 +352,7 @@ def test_apply_profile_under_cuda_graphs_uses_every_steps_layout(calibrated):
     """``compile(mode="reduce-overhead")`` (CUDA graphs) with the hook on gives the eager sparse clip."""
     import calibstudio
 
-    own = tiny_wan_pipeline(seed=0).to("cuda")
-
-    def run():
-        return own("a red circle moves left", height=64, width=128, num_frames=9, num_inference_steps=STEPS,
-                   guidance_scale=1.0, output_type="latent",
-                   generator=torch.Generator("cuda").manual_seed(1)).frames
+    own, run = _own_pipeline("cuda")
 
     with calibstudio.apply_profile(own, calibrated, threshold=0.9, backend="reference"):
         eager = run()
@@ -361,11 +369,7 @@ def test_apply_profile_under_an_in_place_compiled_transformer(calibrated):
 
     import calibstudio
 
-    own = tiny_wan_pipeline(seed=0)  # compiled in place: not the module's shared pipeline
-
-    def run():
-        return own("a red circle moves left", height=64, width=128, num_frames=9, num_inference_steps=STEPS,
-                   guidance_scale=1.0, output_type="latent", generator=torch.Generator().manual_seed(1)).frames
+    own, run = _own_pipeline()
 
     with calibstudio.apply_profile(own, calibrated, threshold=0.9, backend="reference"):
         eager = run()
@@ -383,11 +387,7 @@ def test_apply_profile_with_fused_qkv_projections_gives_the_same_sparse_clip(cal
     """README: diffusers' ``transformer.fuse_qkv_projections()`` (Q, K, V as one GEMM) works with the hook on."""
     import calibstudio
 
-    own = tiny_wan_pipeline(seed=0)  # fused in place: not the module's shared pipeline
-
-    def run():
-        return own("a red circle moves left", height=64, width=128, num_frames=9, num_inference_steps=STEPS,
-                   guidance_scale=1.0, output_type="latent", generator=torch.Generator().manual_seed(1)).frames
+    own, run = _own_pipeline()
 
     with calibstudio.apply_profile(own, calibrated, threshold=0.9, backend="reference"):
         separate = run()
