@@ -108,6 +108,8 @@ def balanced_order(n: int, r: int) -> list[int]:
     """Round ``r`` of a Williams design for ``n`` variants: every variant follows every other equally
     often (once in ``n`` rounds for even ``n``, twice in ``2n`` for odd), so carry-over from a
     predecessor cannot favour one of them."""
+    if n < 2:
+        return list(range(n))
     first = [0]
     for i in range(1, n):
         first.append((i + 1) // 2 if i % 2 else n - i // 2)
@@ -299,7 +301,7 @@ def _bench_seq(S: int, args: argparse.Namespace, result: dict[str, Any], rows: l
                 row["triton_over_ideal"] = row["ms_triton"] / (lay.density * best_dense)
             if choose_backend(q.device) == "fa4" and row["ms_ours"] and row["ms_fa4"]:
                 # "ours" is then the fa4 call under a second name: how far one kernel reads from itself in
-                # turns, the resolution of every ratio in the row (3-5% on lent H100s at the power cap)
+                # turns, the resolution of every ratio in the row (up to ~5% on lent H100s at the power cap)
                 row["same_kernel_spread"] = abs(row["ms_ours"] - row["ms_fa4"]) / min(row["ms_ours"], row["ms_fa4"])
             rows.append(row)
             _log("  " + _fmt_row(row))
