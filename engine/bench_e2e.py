@@ -6,7 +6,7 @@ flash-attn-4 dense (the best dense kernel here, when installed), and our sparse 
 the engine's own hook at densities 1, 0.25 and 0.125 with structured video masks; each eager and
 ``torch.compile``d. Ratios are measured side by side in one run: every variant, eager and compiled, is
 compiled and warmed first, then all are timed in turns (rounds in a balanced order), so that a GPU warming
-up over the run slows every side of a ratio alike; the mean SM clock, temperature and power of each
+up over the run slows every side of a ratio alike; the mean SM clock, temperature, power and joules per call of each
 variant's turns are recorded beside its time.
 """
 
@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        f"call then {calls} timed; ms = median of all timed calls",
               "rows": rows}
     if telemetry:
-        report["gpu_telemetry"] = telemetry  # per "res mode variant": mean SM clock, temperature, power
+        report["gpu_telemetry"] = telemetry  # per "res mode variant": mean SM clock, temperature, power, J per call
     if breakdown:
         report["breakdown_ms"] = breakdown  # per "res mode variant": [[kernel, ms, calls], ...] of one step
     return report

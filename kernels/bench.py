@@ -104,6 +104,20 @@ def gpu_telemetry() -> dict[str, float] | None:
         return None
 
 
+def energy_mj() -> float | None:
+    """The GPU's energy counter (mJ since the driver loaded, pynvml through torch), or None where unreadable.
+
+    At the power cap a step's time follows its energy, so a turn records the joules per call beside the
+    milliseconds: where a change saves energy (fewer DRAM bytes, less work) is read off directly.
+    """
+    try:
+        import pynvml
+
+        return float(pynvml.nvmlDeviceGetTotalEnergyConsumption(torch.cuda._get_pynvml_handler()))
+    except Exception:  # no pynvml, a driver or GPU without the counter, or torch without the helper
+        return None
+
+
 def balanced_order(n: int, r: int) -> list[int]:
     """Round ``r`` of a Williams design for ``n`` variants: every variant follows every other equally
     often (once in ``n`` rounds for even ``n``, twice in ``2n`` for odd), so carry-over from a
@@ -126,8 +140,9 @@ def take_turns(variants: dict[str, Turn], rounds: int, calls: int, cuda: bool) -
     cap, which the recorded telemetry shows): a merely rotated order gives every variant the same
     predecessor in every round, so the rounds follow a Williams design (:func:`balanced_order`), in which
     every variant follows every other equally often. Returns per variant ``{"ms": median, "samples", "gpu"}``
-    (``gpu``: mean telemetry of its turns, None off the GPU). A variant that raises is dropped from later
-    rounds.
+    (``gpu``: mean telemetry of its turns, with ``j_per_call`` from :func:`energy_mj` where the counter reads
+    — coarse when a turn's timed calls last less than its ~20-100 ms update period; None off the GPU). A
+    variant that raises is dropped from later rounds.
     """
     names = list(variants)
     samples: dict[str, list[float]] = {n: [] for n in names}
@@ -141,8 +156,12 @@ def take_turns(variants: dict[str, Turn], rounds: int, calls: int, cuda: bool) -
             turn.enter()
             try:
                 turn.call()
+                before = energy_mj() if cuda else None
                 samples[name] += [_call_ms(turn.call, cuda) for _ in range(calls)]
+                after = energy_mj() if cuda else None
                 if cuda and (reading := gpu_telemetry()) is not None:
+                    if before is not None and after is not None:
+                        reading["j_per_call"] = (after - before) / calls / 1e3
                     gpu[name].append(reading)
             except Exception as e:  # a backend failing must not lose the rest of the table
                 _log(f"    ! {name}: {_describe(e)}")
@@ -154,7 +173,8 @@ def take_turns(variants: dict[str, Turn], rounds: int, calls: int, cuda: bool) -
         if not samples[name] or name in failed:
             continue
         readings = gpu[name]
-        mean = {k: round(statistics.fmean(x[k] for x in readings), 1) for k in readings[0]} if readings else None
+        keys = [k for k in readings[0] if all(k in x for x in readings)] if readings else []
+        mean = {k: round(statistics.fmean(x[k] for x in readings), 2) for k in keys} if readings else None
         out[name] = {"ms": statistics.median(samples[name]), "samples": len(samples[name]), "gpu": mean}
     return out
 

@@ -84,3 +84,21 @@ def test_balanced_order_lets_every_variant_follow_every_other_equally_often(n):
     assert all(sorted(r) == list(range(n)) for r in rounds)
     pairs = [(r[i - 1], r[i]) for r in rounds for i in range(1, n)]
     assert len(set(pairs)) == n * (n - 1) and len(pairs) == (1 if n % 2 == 0 else 2) * n * (n - 1)
+
+
+def test_gpu_turns_record_the_joules_of_each_variants_calls(monkeypatch):
+    """At the power cap time follows energy: each variant's turns record J per call from the GPU's counter."""
+    from calibstudio.kernels import bench
+
+    counter = {"mj": 0.0}
+    cost = {"a": 2000.0, "b": 500.0}  # mJ per call; the untimed first call of a turn is not counted
+
+    def call(name):
+        counter["mj"] += cost[name]
+
+    monkeypatch.setattr(bench, "_call_ms", lambda fn, cuda: fn() or 1.0)
+    monkeypatch.setattr(bench, "energy_mj", lambda: counter["mj"])
+    monkeypatch.setattr(bench, "gpu_telemetry", lambda: {"sm_mhz": 1500.0, "temp_c": 60.0, "power_w": 700.0})
+    timed = bench.take_turns({n: bench.Turn(lambda n=n: call(n)) for n in "ab"}, rounds=2, calls=3, cuda=True)
+    assert {n: t["gpu"]["j_per_call"] for n, t in timed.items()} == {"a": 2.0, "b": 0.5}
+    assert timed["a"]["gpu"]["power_w"] == 700.0
