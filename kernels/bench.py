@@ -105,7 +105,8 @@ def gpu_telemetry() -> dict[str, float] | None:
 
 
 def energy_mj() -> float | None:
-    """The GPU's energy counter (mJ since the driver loaded, pynvml through torch), or None where unreadable.
+    """The GPU's energy counter once its queued work has run (mJ since the driver loaded, pynvml through
+    torch), or None where unreadable.
 
     At the power cap a step's time follows its energy, so a turn records the joules per call beside the
     milliseconds: where a change saves energy (fewer DRAM bytes, less work) is read off directly.
@@ -113,6 +114,7 @@ def energy_mj() -> float | None:
     try:
         import pynvml
 
+        torch.cuda.synchronize()  # else a call still running would count toward the next reading's window
         return float(pynvml.nvmlDeviceGetTotalEnergyConsumption(torch.cuda._get_pynvml_handler()))
     except Exception:  # no pynvml, a driver or GPU without the counter, or torch without the helper
         return None
