@@ -163,8 +163,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 telemetry[key] = t["gpu"]
         for compiled, mode in modes:
             prefix = f"{res} {f'compiled {mode}' if compiled else 'eager'}"
-            times = {name: t["ms"] for name, t in ((k.removeprefix(f"{prefix} "), t) for k, t in timed.items()
-                                                    if k.startswith(f"{prefix} "))}
+            times = {k.removeprefix(f"{prefix} "): t["ms"] for k, t in timed.items() if k.startswith(f"{prefix} ")}
             for density in args.densities:
                 sparse = times.get(f"sparse_{density}")
                 if sparse is None or "sdpa" not in times:
@@ -178,10 +177,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     rows[-1]["ms_sparse_fused_qkv"] = times[f"sparse_{density}{FUSED}"]
     eager_sdpa = {r["res"]: r["ms_dense"] for r in rows if not r["compiled"]}
     for row in rows:
-        row["speedup_vs_eager_sdpa"] = eager_sdpa.get(row["res"], row["ms_dense"]) / row["ms_sparse"]
+        base = eager_sdpa.get(row["res"], row["ms_dense"])
+        row["speedup_vs_eager_sdpa"] = base / row["ms_sparse"]
         if "ms_sparse_fused_qkv" in row:
-            row["speedup_vs_eager_sdpa_fused_qkv"] = eager_sdpa.get(row["res"], row["ms_dense"]) / row[
-                "ms_sparse_fused_qkv"]
+            row["speedup_vs_eager_sdpa_fused_qkv"] = base / row["ms_sparse_fused_qkv"]
     report = {"device": device_name(device),
               "torch": torch.__version__, "layers": args.layers, "backend": args.backend,
               "config": "tiny" if args.quick else "Wan-2.1-T2V-14B",

@@ -321,7 +321,7 @@ def _bench_seq(S: int, args: argparse.Namespace, result: dict[str, Any], rows: l
                 row["flex_over_triton"] = row["ms_flex"] / row["ms_triton"]
             if best_dense and row["ms_triton"]:
                 row["triton_over_ideal"] = row["ms_triton"] / (lay.density * best_dense)
-            if choose_backend(q.device) == "fa4" and row["ms_ours"] and row["ms_fa4"]:
+            if result["ours_backend"] == "fa4" and row["ms_ours"] and row["ms_fa4"]:
                 # "ours" is then the fa4 call under a second name: how far one kernel reads from itself in
                 # turns, the resolution of every ratio in the row (up to ~5% on lent H100s at the power cap)
                 row["same_kernel_spread"] = abs(row["ms_ours"] - row["ms_fa4"]) / min(row["ms_ours"], row["ms_fa4"])
