@@ -120,6 +120,9 @@ def energy_mj() -> float | None:
         return None
 
 
+ENERGY_WINDOW_MS = 1000.0  # timed calls a variant needs for its joules per call to mean something
+
+
 def balanced_order(n: int, r: int) -> list[int]:
     """Round ``r`` of a Williams design for ``n`` variants: every variant follows every other equally
     often (once in ``n`` rounds for even ``n``, twice in ``2n`` for odd), so carry-over from a
@@ -142,13 +145,15 @@ def take_turns(variants: dict[str, Turn], rounds: int, calls: int, cuda: bool) -
     cap, which the recorded telemetry shows): a merely rotated order gives every variant the same
     predecessor in every round, so the rounds follow a Williams design (:func:`balanced_order`), in which
     every variant follows every other equally often. Returns per variant ``{"ms": median, "samples", "gpu"}``
-    (``gpu``: mean telemetry of its turns, with ``j_per_call`` from :func:`energy_mj` where the counter reads
-    — coarse when a turn's timed calls last less than its ~20-100 ms update period; None off the GPU). A
-    variant that raises is dropped from later rounds.
+    (``gpu``: mean telemetry of its turns, and ``j_per_call`` from :func:`energy_mj` over all its timed
+    calls where the counter reads and they last at least :data:`ENERGY_WINDOW_MS` — the counter moves in
+    steps of ~20-100 ms, so shorter totals would read 0 or a whole step; None off the GPU). A variant that
+    raises is dropped from later rounds.
     """
     names = list(variants)
     samples: dict[str, list[float]] = {n: [] for n in names}
     gpu: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    energy: dict[str, list[float]] = {n: [] for n in names}  # mJ of each turn's timed calls
     failed: set[str] = set()
     for r in range(rounds):
         for name in (names[i] for i in balanced_order(len(names), r)):
@@ -161,9 +166,9 @@ def take_turns(variants: dict[str, Turn], rounds: int, calls: int, cuda: bool) -
                 before = energy_mj() if cuda else None
                 samples[name] += [_call_ms(turn.call, cuda) for _ in range(calls)]
                 after = energy_mj() if cuda else None
+                if before is not None and after is not None:
+                    energy[name].append(after - before)
                 if cuda and (reading := gpu_telemetry()) is not None:
-                    if before is not None and after is not None:
-                        reading["j_per_call"] = (after - before) / calls / 1e3
                     gpu[name].append(reading)
             except Exception as e:  # a backend failing must not lose the rest of the table
                 _log(f"    ! {name}: {_describe(e)}")
@@ -177,6 +182,8 @@ def take_turns(variants: dict[str, Turn], rounds: int, calls: int, cuda: bool) -
         readings = gpu[name]
         keys = [k for k in readings[0] if all(k in x for x in readings)] if readings else []
         mean = {k: round(statistics.fmean(x[k] for x in readings), 2) for k in keys} if readings else None
+        if mean is not None and energy[name] and sum(samples[name]) >= ENERGY_WINDOW_MS:
+            mean["j_per_call"] = round(sum(energy[name]) / (len(energy[name]) * calls) / 1e3, 2)
         out[name] = {"ms": statistics.median(samples[name]), "samples": len(samples[name]), "gpu": mean}
     return out
 

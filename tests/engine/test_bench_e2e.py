@@ -87,7 +87,8 @@ def test_balanced_order_lets_every_variant_follow_every_other_equally_often(n):
 
 
 def test_gpu_turns_record_the_joules_of_each_variants_calls(monkeypatch):
-    """At the power cap time follows energy: each variant's turns record J per call from the GPU's counter."""
+    """At the power cap time follows energy: a variant records J per call from the GPU's counter, unless its timed
+    calls are too short for the counter to read."""
     from calibstudio.kernels import bench
 
     counter = {"mj": 0.0}
@@ -96,9 +97,18 @@ def test_gpu_turns_record_the_joules_of_each_variants_calls(monkeypatch):
     def call(name):
         counter["mj"] += cost[name]
 
-    monkeypatch.setattr(bench, "_call_ms", lambda fn, cuda: fn() or 1.0)
+    ms = {"a": 200.0, "b": 1.0}  # b's six timed calls last 6 ms: less than one step of the counter
+
+    monkeypatch.setattr(bench, "_call_ms", lambda fn, cuda: fn() or ms[fn.__name__])
     monkeypatch.setattr(bench, "energy_mj", lambda: counter["mj"])
     monkeypatch.setattr(bench, "gpu_telemetry", lambda: {"sm_mhz": 1500.0, "temp_c": 60.0, "power_w": 700.0})
-    timed = bench.take_turns({n: bench.Turn(lambda n=n: call(n)) for n in "ab"}, rounds=2, calls=3, cuda=True)
-    assert {n: t["gpu"]["j_per_call"] for n, t in timed.items()} == {"a": 2.0, "b": 0.5}
-    assert timed["a"]["gpu"]["power_w"] == 700.0
+    variants = {}
+    for name in "ab":
+        def variant(name=name):
+            call(name)
+        variant.__name__ = name
+        variants[name] = bench.Turn(variant)
+    timed = bench.take_turns(variants, rounds=2, calls=3, cuda=True)
+    assert timed["a"]["gpu"]["j_per_call"] == 2.0
+    assert "j_per_call" not in timed["b"]["gpu"]  # too short to read: left out rather than recorded as noise
+    assert timed["b"]["gpu"]["power_w"] == 700.0
