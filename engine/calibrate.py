@@ -42,10 +42,20 @@ class CalibrationSettings:
 
 def equal_step_bins(steps: int, bins: int) -> tuple[tuple[int, int], ...]:
     """``bins`` contiguous bins of (nearly) equal length covering ``steps``."""
+    if steps < 1:
+        raise ValueError(f"calibration needs at least one denoising step, got {steps}")
     if not 1 <= bins <= steps:
         raise ValueError(f"cannot split {steps} steps into {bins} bins; use 1..{steps} bins")
     edges = np.linspace(0, steps, bins + 1).round().astype(int)
     return tuple((int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True))
+
+
+def check_profile_path(out: str | Path) -> Path:
+    """``out`` as a profile destination, checked before the model loads and the dense passes run."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise ProfileError(f"cannot write {out}: folder {out.parent} does not exist; create it first")
+    return out
 
 
 def calibrate(
@@ -68,9 +78,7 @@ def calibrate(
     if s.error_bound is not None and not (s.error_bound > 0 and s.error_prompts >= 1):
         raise ValueError(f"error bound {s.error_bound} with {s.error_prompts} prompts: the bound must be positive "
                          f"and the error pass needs at least one prompt")
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise ProfileError(f"cannot write {out}: folder {out.parent} does not exist; create it first")
+    out = check_profile_path(out)
     progress = progress or Progress()
     grid = adapter.token_grid(pipe, s.height, s.width, s.frames)
     layers = sum(1 for _ in adapter.self_attention_modules(pipe.transformer))

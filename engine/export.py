@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from calibstudio.engine.atomic import atomic_write
+from calibstudio.engine.atomic import WriteError, atomic_write
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarray:
@@ -18,6 +18,16 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarra
         raise ValueError(f"clips differ in shape: {left.shape} vs {right.shape}")
     spacer = np.full((*left.shape[:2], gap, 3), 16, dtype=np.uint8)
     return np.concatenate([left, spacer, right], axis=2)
+
+
+def check_mp4_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as an MP4 destination, checked before a job runs rather than after its minutes of work."""
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise WriteError(f"cannot write {path}: the clip is written as an MP4, so name a file ending in .mp4")
+    if not path.parent.is_dir():
+        raise WriteError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
+    return path
 
 
 def write_mp4(path: str | os.PathLike[str], frames: np.ndarray, fps: int = 16) -> Path:

@@ -35,6 +35,9 @@ class GenerationSettings:
     compile: bool = False  # torch.compile the transformer (one throwaway step per variant compiles it untimed)
 
     def __post_init__(self) -> None:
+        if self.steps < 1 or self.warmup_steps < 0:
+            raise ValueError(f"a clip needs at least one denoising step and no negative warm-up steps; got "
+                             f"{self.steps} steps and {self.warmup_steps} warm-up")
         if not isinstance(self.dense_steps, int) or not 0 <= self.dense_steps <= self.steps:
             raise ValueError(f"dense steps must be 0..{self.steps} (the clip's steps), got {self.dense_steps}")
 

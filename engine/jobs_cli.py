@@ -11,8 +11,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from calibstudio.engine.calibrate import CalibrationSettings, calibrate
-from calibstudio.engine.export import json_safe, side_by_side, write_mp4, write_report
+from calibstudio.engine.calibrate import CalibrationSettings, calibrate, check_profile_path
+from calibstudio.engine.export import check_mp4_path, json_safe, side_by_side, write_mp4, write_report
 from calibstudio.engine.generate import GenerationSettings, compare, generate
 from calibstudio.engine.models.registry import LoadedModel, load_model
 from calibstudio.engine.profile import Profile
@@ -41,6 +41,7 @@ def _size(args: argparse.Namespace, model: LoadedModel) -> dict:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
+    check_profile_path(args.out)
     model = load_model(args.model, args.device)
     prompts = read_prompts(args.prompts, model.prompts)
     prompts = prompts[: args.limit] if args.limit else prompts
@@ -65,6 +66,7 @@ def _generation(args: argparse.Namespace, model: LoadedModel) -> GenerationSetti
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    check_mp4_path(args.out)
     model = load_model(args.model, args.device)
     profile = Profile.open(args.profile) if args.profile else None
     clip = generate(model.pipe, model.adapter, _generation(args, model), profile, tqdm_progress(), args.backend)

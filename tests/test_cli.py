@@ -171,3 +171,21 @@ def test_calibrate_generate_compare_on_the_tiny_model(tmp_path):
     assert wrong.returncode == 1 and "token grid" in wrong.stderr and not (tmp_path / "g.mp4").exists()
     missing = run("generate", "--model", str(tmp_path / "no-such-model"), "--prompt", "x", "--out", "g.mp4")
     assert missing.returncode == 1 and "nor a local model folder" in missing.stderr
+
+
+def test_bad_outputs_and_step_counts_fail_before_any_work(tmp_path):
+    """A wrong --out or an impossible step count is named at once: no model load, no clip of noise."""
+    cases = [
+        (("generate", "--prompt", "x", "--out", str(tmp_path / "clip")), "ending in .mp4"),
+        (("generate", "--prompt", "x", "--out", str(tmp_path / "no-such-folder" / "clip.mp4")), "does not exist"),
+        (("calibrate", "--out", str(tmp_path / "no-such-folder" / "p.safetensors")), "does not exist"),
+        (("generate", "--model", "tiny", "--prompt", "x", "--steps", "0", "--out", str(tmp_path / "c.mp4")),
+         "at least one denoising step"),
+        (("calibrate", "--model", "tiny", "--steps", "0", "--out", str(tmp_path / "p.safetensors")),
+         "at least one denoising step"),
+    ]
+    for args, message in cases:
+        result = run(*args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert message in result.stderr and result.stderr.count("calibstudio: error:") == 1, (args, result.stderr)
+    assert list(tmp_path.iterdir()) == []
