@@ -12,6 +12,14 @@ class WriteError(ValueError):
     """A file could not be written; the message names the file, the reason and what to do."""
 
 
+def writable_destination(path: str | os.PathLike[str]) -> Path:
+    """``path`` if its folder exists: a job checks its outputs with this before its work, not after."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise WriteError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
+    return path
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Run ``write(tmp)`` on a temporary file beside ``path``, fsync it and rename it into place.
 
@@ -19,11 +27,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     On any failure (full disk, permission, interrupt) the temporary file is removed and an existing
     ``path`` is left untouched.
     """
-    path = Path(path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise WriteError(f"cannot write {path}: folder {folder} does not exist; create it first")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=folder)
+    path = writable_destination(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

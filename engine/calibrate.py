@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from calibstudio.engine.atomic import writable_destination
 from calibstudio.engine.attention_hook import AttentionHook, MassRecorder, Recorder
 from calibstudio.engine.error_bound import CANDIDATES, ErrorRecorder, floors_for
 from calibstudio.engine.models.base import VideoModelAdapter
-from calibstudio.engine.profile import NEVER, THRESHOLDS, Profile, ProfileError, ProfileMeta, ProfileWriter
+from calibstudio.engine.profile import NEVER, THRESHOLDS, Profile, ProfileMeta, ProfileWriter
 from calibstudio.engine.progress import Progress
 from calibstudio.engine.trajectory import Trajectory
 
@@ -50,14 +51,6 @@ def equal_step_bins(steps: int, bins: int) -> tuple[tuple[int, int], ...]:
     return tuple((int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True))
 
 
-def check_profile_path(out: str | Path) -> Path:
-    """``out`` as a profile destination, checked before the model loads and the dense passes run."""
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise ProfileError(f"cannot write {out}: folder {out.parent} does not exist; create it first")
-    return out
-
-
 def calibrate(
     pipe: Any,
     adapter: VideoModelAdapter,
@@ -78,7 +71,7 @@ def calibrate(
     if s.error_bound is not None and not (s.error_bound > 0 and s.error_prompts >= 1):
         raise ValueError(f"error bound {s.error_bound} with {s.error_prompts} prompts: the bound must be positive "
                          f"and the error pass needs at least one prompt")
-    out = check_profile_path(out)
+    out = writable_destination(out)
     progress = progress or Progress()
     grid = adapter.token_grid(pipe, s.height, s.width, s.frames)
     layers = sum(1 for _ in adapter.self_attention_modules(pipe.transformer))

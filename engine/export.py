@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from calibstudio.engine.atomic import WriteError, atomic_write
+from calibstudio.engine.atomic import WriteError, atomic_write, writable_destination
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarray:
@@ -22,11 +22,9 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarra
 
 def check_mp4_path(path: str | os.PathLike[str]) -> Path:
     """``path`` as an MP4 destination, checked before a job runs rather than after its minutes of work."""
-    path = Path(path)
+    path = writable_destination(path)
     if path.suffix.lower() != ".mp4":
         raise WriteError(f"cannot write {path}: the clip is written as an MP4, so name a file ending in .mp4")
-    if not path.parent.is_dir():
-        raise WriteError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
     return path
 
 

@@ -11,7 +11,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from calibstudio.engine.calibrate import CalibrationSettings, calibrate, check_profile_path
+from calibstudio.engine.atomic import writable_destination
+from calibstudio.engine.calibrate import CalibrationSettings, calibrate
 from calibstudio.engine.export import check_mp4_path, json_safe, side_by_side, write_mp4, write_report
 from calibstudio.engine.generate import GenerationSettings, compare, generate
 from calibstudio.engine.models.registry import LoadedModel, load_model
@@ -41,7 +42,7 @@ def _size(args: argparse.Namespace, model: LoadedModel) -> dict:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    check_profile_path(args.out)
+    writable_destination(args.out)
     model = load_model(args.model, args.device)
     prompts = read_prompts(args.prompts, model.prompts)
     prompts = prompts[: args.limit] if args.limit else prompts
@@ -77,10 +78,12 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out-dir {out} is a file; name a folder for the clips and the report")
     model = load_model(args.model, args.device)
     with Profile.open(model.shipped_profile(args.profile)) as profile:
         result = compare(model.pipe, model.adapter, _generation(args, model), profile, tqdm_progress(), args.backend)
-    out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_mp4(out / "dense.mp4", result.dense.frames)
     write_mp4(out / "sparse.mp4", result.sparse.frames)

@@ -179,13 +179,16 @@ def test_bad_outputs_and_step_counts_fail_before_any_work(tmp_path):
         (("generate", "--prompt", "x", "--out", str(tmp_path / "clip")), "ending in .mp4"),
         (("generate", "--prompt", "x", "--out", str(tmp_path / "no-such-folder" / "clip.mp4")), "does not exist"),
         (("calibrate", "--out", str(tmp_path / "no-such-folder" / "p.safetensors")), "does not exist"),
+        (("eval", str(tmp_path / "p.txt"), "--json", str(tmp_path / "no-such-folder" / "e.json")), "does not exist"),
+        (("compare", "--prompt", "x", "--out-dir", str(tmp_path / "p.txt")), "is a file"),
         (("generate", "--model", "tiny", "--prompt", "x", "--steps", "0", "--out", str(tmp_path / "c.mp4")),
          "at least one denoising step"),
         (("calibrate", "--model", "tiny", "--steps", "0", "--out", str(tmp_path / "p.safetensors")),
          "at least one denoising step"),
     ]
+    (tmp_path / "p.txt").write_text("a red circle moves left on a blue background\n")
     for args, message in cases:
         result = run(*args)
         assert result.returncode == 1, (args, result.stderr)
         assert message in result.stderr and result.stderr.count("calibstudio: error:") == 1, (args, result.stderr)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["p.txt"]

@@ -13,6 +13,7 @@ pytest.importorskip("diffusers")
 
 import torch  # noqa: E402
 
+from calibstudio.engine.atomic import WriteError  # noqa: E402
 from calibstudio.engine.attention_hook import AttentionHook, attend_at, dense_attention  # noqa: E402
 from calibstudio.engine.calibrate import CalibrationSettings, calibrate  # noqa: E402
 from calibstudio.engine.export import json_safe, side_by_side, write_mp4, write_report  # noqa: E402
@@ -20,7 +21,7 @@ from calibstudio.engine.generate import GenerationSettings, compare, generate  #
 from calibstudio.engine.models.base import ModelLoadError  # noqa: E402
 from calibstudio.engine.models.tiny import save_tiny_wan, tiny_wan_pipeline  # noqa: E402
 from calibstudio.engine.models.wan import WanAdapter, load_wan  # noqa: E402
-from calibstudio.engine.profile import Profile, ProfileError, ProfileMeta, ProfileWriter  # noqa: E402
+from calibstudio.engine.profile import Profile, ProfileMeta, ProfileWriter  # noqa: E402
 from calibstudio.engine.progress import Cancelled, Progress  # noqa: E402
 
 SIZE = {"height": 64, "width": 128, "frames": 9}  # 3 x 4 x 8 = 96 video tokens
@@ -277,7 +278,7 @@ def test_calibration_settings_are_checked_before_any_work(pipe, adapter, tmp_pat
     with pytest.raises(ValueError, match="bound must be positive"):
         calibrate(pipe, adapter, ["a red circle"], CalibrationSettings(**SIZE, steps=STEPS, error_bound=-1.0),
                   tmp_path / "p.safetensors")
-    with pytest.raises(ProfileError, match="does not exist; create it first"):
+    with pytest.raises(WriteError, match="does not exist; create it first"):
         calibrate(pipe, adapter, ["a red circle"], CalibrationSettings(**SIZE, steps=STEPS),
                   tmp_path / "no" / "p.safetensors")
 

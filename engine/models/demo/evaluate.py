@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from calibstudio.engine.atomic import atomic_write
+from calibstudio.engine.atomic import atomic_write, writable_destination
 from calibstudio.engine.generate import GenerationSettings, compare
 from calibstudio.engine.machine import device_name
 from calibstudio.engine.models.demo.adherence import score_clips
@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     """``calibstudio eval`` (options in ``calibstudio.cli``): print the results, optionally write them as JSON."""
     from calibstudio.engine.jobs_cli import read_prompts
 
+    if args.json:
+        writable_destination(args.json)
     results = evaluate(read_prompts(args.prompts), args.profile, args.threshold, args.model, args.seed, args.device,
                        args.backend, args.dense_steps, args.compile)
     for name in ("dense", "sparse"):
