@@ -52,14 +52,17 @@ TEXT_DROPOUT, WORD_DROPOUT, REWARM_STEPS = 0.1, 0.05, 100
 class ProceduralClips(Dataset):
     """Example ``i`` = the clip and a paraphrased caption rendered from ``(seed, i)``."""
 
-    def __init__(self, seed: int, vocab: list[str], length: int, split: str = "train", texture: float = 0.0) -> None:
+    def __init__(self, seed: int, vocab: list[str], length: int, split: str = "train", texture: float = 0.0,
+                 frames: int = scenes.DEFAULT_FRAMES) -> None:
         self.seed, self.vocab, self.length, self.split, self.texture = seed, vocab, length, split, texture
+        self.frames = frames
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        clip, text, _ = captions.example(np.random.default_rng([self.seed, i]), self.split, texture=self.texture)
+        clip, text, _ = captions.example(np.random.default_rng([self.seed, i]), self.split, self.frames,
+                                         texture=self.texture)
         return torch.from_numpy(clip), tokenize([text], self.vocab)[0]
 
 
@@ -70,10 +73,12 @@ def held_out_prompts(count: int, seed: int = 1234) -> list[str]:
 
 
 @torch.no_grad()
-def sample(pipe: DemoPipeline, prompts: list[str], seed: int, steps: int, guidance: float) -> np.ndarray:
+def sample(pipe: DemoPipeline, prompts: list[str], seed: int, steps: int, guidance: float,
+           frames: int = scenes.DEFAULT_FRAMES) -> np.ndarray:
     """A batch of clips (uint8 ``[B, F, H, W, 3]``) through the engine's own trajectory code."""
     adapter = DemoAdapter()
-    latents = torch.cat([adapter.initial_latents(pipe, 64, 64, 16, seed + i) for i in range(len(prompts))])
+    h, w = scenes.DEFAULT_HEIGHT, scenes.DEFAULT_WIDTH
+    latents = torch.cat([adapter.initial_latents(pipe, h, w, frames, seed + i) for i in range(len(prompts))])
     conditioning = Conditioning(pipe.encode_text(prompts), pipe.encode_text([""] * len(prompts)), guidance)
     trajectory = Trajectory(pipe, adapter, conditioning, latents, steps)
     while not trajectory.done:
@@ -139,19 +144,29 @@ def train(args: argparse.Namespace) -> dict:
     resumed_at, resuming = 0, args.resume and state_file.is_file()
     if args.init and not resuming:
         init = Path(args.init)
-        pipe.load_state_dict(load_demo(init).state_dict())  # load_demo: one clear error for a wrong folder
+        initial = load_demo(init)  # one clear error for a wrong folder
+        pipe.load_state_dict(initial.state_dict())
+        state["frames"] = int(initial.defaults["frames"])
         state["init"] = {"folder": str(init), **json.loads((init / CONFIG).read_text()).get("training", {})}
         print(f"fine-tuning the model in {init}", flush=True)
     if resuming:
         state = json.loads(state_file.read_text())
         pipe.load_state_dict(_load_weights(out / "raw.safetensors"))
         resumed_at = state["step"]
+        if args.frames is not None and args.frames != state.get("frames", scenes.DEFAULT_FRAMES):
+            raise ValueError(f"{out} trains {state.get('frames', scenes.DEFAULT_FRAMES)}-frame clips; resume it "
+                             f"without --frames, or start a new run (--init) at {args.frames} frames")
         for knob in ("locality", "consistency"):  # a resumed run may tighten or relax its priors
             if getattr(args, knob) is not None:
                 state[knob] = getattr(args, knob)
         for flag in ("locality_anchor", "consistency_teacher"):  # switched on for good once given
             state[flag] = state.get(flag, False) or getattr(args, flag)
         print(f"resuming at step {resumed_at} ({state['elapsed_s'] / 60:.1f} min trained so far)", flush=True)
+    if args.frames is not None:
+        state["frames"] = args.frames
+    frames = state.setdefault("frames", scenes.DEFAULT_FRAMES)
+    grid = DemoAdapter().token_grid(pipe, scenes.DEFAULT_HEIGHT, scenes.DEFAULT_WIDTH, frames)  # checks the length
+    pipe.defaults["frames"] = frames  # the exported model generates clips of the length it learned
     pipe.to(device)
     modules = torch.nn.ModuleDict({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder})
     if resumed_at:
@@ -160,7 +175,8 @@ def train(args: argparse.Namespace) -> dict:
         ema = {k: v.detach().clone().float() for k, v in pipe.state_dict().items()}
     optimizer = torch.optim.AdamW(modules.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     forward = torch.compile(pipe.transformer) if args.compile else pipe.transformer
-    data = ProceduralClips(args.seed, pipe.vocab, args.steps * args.batch, texture=state.get("texture", 0.0))
+    data = ProceduralClips(args.seed, pipe.vocab, args.steps * args.batch, texture=state.get("texture", 0.0),
+                           frames=frames)
     loader = DataLoader(torch.utils.data.Subset(data, range(resumed_at * args.batch, len(data))),
                         batch_size=args.batch, num_workers=args.workers, pin_memory=device == "cuda",
                         drop_last=True, persistent_workers=args.workers > 0,
@@ -185,7 +201,7 @@ def train(args: argparse.Namespace) -> dict:
     locality, consistency, half = state.get("locality", 0.0), state.get("consistency", 0.0), args.batch // 2
     penalty = None
     if locality or consistency:
-        penalty = LocalityPenalty(scenes.DEFAULT_TOKEN_GRID, pipe.transformer.config.num_attention_heads,
+        penalty = LocalityPenalty(grid, pipe.transformer.config.num_attention_heads,
                                   sample=args.locality_sample if locality else 0,
                                   anchor=state.get("locality_anchor", False), device=device)
     if consistency:  # the second half of each batch repeats the first and attends inside the windows only
@@ -261,10 +277,11 @@ def train(args: argparse.Namespace) -> dict:
         modules.eval()
         if args.eval_clips:
             prompts = held_out_prompts(args.eval_clips)
-            clips = sample(pipe, prompts, seed=10_000, steps=args.eval_steps, guidance=args.eval_guidance)
+            clips = sample(pipe, prompts, seed=10_000, steps=args.eval_steps, guidance=args.eval_guidance,
+                           frames=frames)
             result["held_out_adherence"] = score_clips(list(clips), prompts)
             print("held-out adherence:", json.dumps(result["held_out_adherence"]), flush=True)
-        card = {**result, "seed": args.seed, "batch": args.batch, "lr": args.lr, "ema": args.ema,
+        card = {**result, "seed": args.seed, "batch": args.batch, "lr": args.lr, "ema": args.ema, "frames": frames,
                 "texture": state.get("texture", 0.0), "locality": state.get("locality", 0.0),
                 "consistency": state.get("consistency", 0.0), "locality_anchor": state.get("locality_anchor", False),
                 "consistency_teacher": state.get("consistency_teacher", False),
@@ -289,6 +306,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=12, help="data loader processes rendering clips")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer (GPU)")
+    p.add_argument("--frames", type=int,
+                   help="clip length to train on (even; default: the --init model's, else 16); a longer clip makes "
+                        "attention a larger share of a step, so a sparse step saves more; a resumed run keeps its own")
     p.add_argument("--texture", type=float, default=0.0,
                    help="peak strength (0..24, colour units) of panning background patterns; 0: plain backgrounds "
                         "as the shipped model; a resumed run keeps its own")
@@ -330,7 +350,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     try:
         result = train(parse_args(argv))
-    except ModelLoadError as error:  # --init names no demo model
+    except (ModelLoadError, ValueError) as error:  # --init names no demo model; a wrong --frames
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(result), flush=True)

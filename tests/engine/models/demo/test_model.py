@@ -142,3 +142,16 @@ def test_a_trained_demo_folder_loads_as_a_model_with_its_own_defaults(demo, tmp_
     (tmp_path / WEIGHTS).unlink()
     with pytest.raises(ModelLoadError, match="lacks model.safetensors; export it again"):
         load_model(str(tmp_path), "cpu")
+
+
+def test_training_at_another_clip_length_exports_a_model_of_that_length(tmp_path, capsys):
+    from calibstudio.engine.models.demo.train import main, parse_args, train
+
+    common = ["--out", str(tmp_path), "--batch", "1", "--workers", "0", "--eval-steps", "1"]
+    result = train(parse_args([*common, "--steps", "1", "--frames", "4", "--eval-clips", "1"]))
+    assert set(result["held_out_adherence"]) == {"color", "shape", "direction"}  # scored on 4-frame clips
+    model = load_demo(tmp_path / "demo_model")
+    assert model.defaults["frames"] == 4  # jobs on the exported model default to the length it learned
+    assert json.loads((tmp_path / "demo_model" / "config.json").read_text())["training"]["frames"] == 4
+    assert main([*common, "--steps", "2", "--resume", "--frames", "6"]) == 2  # a run keeps its clip length
+    assert "trains 4-frame clips" in capsys.readouterr().err
