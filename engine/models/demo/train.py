@@ -49,6 +49,10 @@ from calibstudio.engine.trajectory import Trajectory
 TEXT_DROPOUT, WORD_DROPOUT, REWARM_STEPS = 0.1, 0.05, 100
 
 
+class RunError(Exception):
+    """The command line asks for something the run in ``--out`` cannot do (the message says what to do)."""
+
+
 class ProceduralClips(Dataset):
     """Example ``i`` = the clip and a paraphrased caption rendered from ``(seed, i)``."""
 
@@ -154,7 +158,7 @@ def train(args: argparse.Namespace) -> dict:
         pipe.load_state_dict(_load_weights(out / "raw.safetensors"))
         resumed_at = state["step"]
         if args.frames is not None and args.frames != state.get("frames", scenes.DEFAULT_FRAMES):
-            raise ValueError(f"{out} trains {state.get('frames', scenes.DEFAULT_FRAMES)}-frame clips; resume it "
+            raise RunError(f"{out} trains {state.get('frames', scenes.DEFAULT_FRAMES)}-frame clips; resume it "
                              f"without --frames, or start a new run (--init) at {args.frames} frames")
         for knob in ("locality", "consistency"):  # a resumed run may tighten or relax its priors
             if getattr(args, knob) is not None:
@@ -342,6 +346,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export-partial", action="store_true", help="export and score even if --steps not reached")
     p.add_argument("--plot", action="store_true", help="draw loss.png from the log (needs PySide6/pyqtgraph)")
     args = p.parse_args(argv)
+    if args.frames is not None and (args.frames < 2 or args.frames % scenes.DEFAULT_PATCH[0]):
+        p.error(f"--frames {args.frames}: the demo model's clips have a positive, even number of frames")
     if args.consistency and args.batch < 2:
         p.error("--consistency trains each example twice in one batch: it needs --batch 2 or more")
     return args
@@ -350,7 +356,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     try:
         result = train(parse_args(argv))
-    except (ModelLoadError, ValueError) as error:  # --init names no demo model; a wrong --frames
+    except (ModelLoadError, RunError) as error:  # --init names no demo model; --frames differs from the run's
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(result), flush=True)

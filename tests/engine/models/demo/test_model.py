@@ -155,3 +155,5 @@ def test_training_at_another_clip_length_exports_a_model_of_that_length(tmp_path
     assert json.loads((tmp_path / "demo_model" / "config.json").read_text())["training"]["frames"] == 4
     assert main([*common, "--steps", "2", "--resume", "--frames", "6"]) == 2  # a run keeps its clip length
     assert "trains 4-frame clips" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the patch takes frames in pairs
+        parse_args(["--frames", "5"])
