@@ -45,10 +45,12 @@ def locality_windows(grid: tuple[int, int, int], heads: int, block: int, anchor:
 class LocalityPenalty:
     """Use as an ``AttentionHook`` ``dense_fn``: dense attention, plus the out-of-window mass of ``sample`` clips.
 
-    ``take()`` returns the mean over the calls since the last ``take()`` (one per self-attention
-    layer and forward) and starts afresh. With ``restrict_from`` set, the batch rows from that index
-    on attend inside their windows only — what a sparse step that keeps just the windows computes —
-    so that training can ask for the same prediction with and without the far keys.
+    ``take()`` returns one term per call since the last ``take()`` (one per self-attention layer and
+    forward, in layer order) and starts afresh. ``weights`` (``[B]``, optional): how much each
+    sampled clip counts — 0 for clips the prior should leave alone (``train --local-below``: noise
+    levels whose steps run dense). With ``restrict_from`` set, the batch rows from that index on
+    attend inside their windows only — what a sparse step that keeps just the windows computes — so
+    that training can ask for the same prediction with and without the far keys.
     """
 
     def __init__(self, grid: tuple[int, int, int], heads: int, block: int = 128, sample: int = 8,
@@ -58,12 +60,15 @@ class LocalityPenalty:
         self.inside = windows.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :tokens, :tokens]
         self.sample = sample
         self.restrict_from: int | None = None
+        self.weights: torch.Tensor | None = None
         self._terms: list[torch.Tensor] = []
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         n = min(self.sample, q.shape[0])
         if n and torch.is_grad_enabled():
-            self._terms.append(self.outside_mass(q[:n], k[:n]).mean())
+            per_clip = self.outside_mass(q[:n], k[:n]).mean((1, 2))
+            w = torch.ones_like(per_clip) if self.weights is None else self.weights[:n].to(per_clip.dtype)
+            self._terms.append((per_clip * w).sum() / w.sum().clamp(min=1))
         r = self.restrict_from
         if r is None:
             return dense_attention(q, k, v)
@@ -83,6 +88,6 @@ class LocalityPenalty:
     def take(self) -> torch.Tensor:
         if not self._terms:
             raise RuntimeError("no self-attention ran with gradients since the last take()")
-        value = torch.stack(self._terms).mean()
+        value = torch.stack(self._terms)
         self._terms.clear()
         return value

@@ -126,14 +126,34 @@ def _plot_loss(log: Path, png: Path) -> None:
     atomic_write(png, lambda tmp: exporter.export(str(tmp)))
 
 
-def consistency_gap(velocity: torch.Tensor, half: int, teacher: bool = False) -> torch.Tensor:
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean squared error with one weight per batch row (0 leaves a row out)."""
+    per_row = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    return (per_row * weights).sum() / weights.sum().clamp(min=1)
+
+
+def consistency_gap(velocity: torch.Tensor, half: int, teacher: bool = False,
+                    weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared gap between the dense predictions (first ``half`` rows) and the windowed ones (the rest).
 
     ``teacher``: the dense side is a fixed target, so minimising the gap moves only the windowed pass;
     symmetric, it also drags the dense pass toward the windows, which cost the dense clips motion.
+    ``weights`` (``[half]``): how much each pair counts (default: all alike).
     """
-    dense = velocity[:half].float()
-    return torch.nn.functional.mse_loss(dense.detach() if teacher else dense, velocity[half:].float())
+    dense = velocity[:half]
+    weights = torch.ones(half, device=velocity.device) if weights is None else weights
+    return weighted_mse(dense.detach() if teacher else dense, velocity[half:], weights)
+
+
+def sparse_noise_levels(sigma: torch.Tensor, below: float) -> torch.Tensor:
+    """1.0 where a training example's noise level is one whose sampling steps may run sparse, else 0.0.
+
+    With ``train --local-below S`` the locality prior and the windowed twins apply only below noise
+    level S: the first, noisiest steps — where the clip's layout and motion are decided and every
+    frame must see the others — keep dense attention, and a sparse clip runs those steps dense
+    (``--dense-steps``: the steps whose sigma is >= S).
+    """
+    return (sigma < below).float()
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -144,7 +164,8 @@ def train(args: argparse.Namespace) -> dict:
     state_file, log_file = out / "state.json", out / "train_log.jsonl"
     state = {"step": 0, "elapsed_s": 0.0, "seed": args.seed, "batch": args.batch, "steps": args.steps,
              "texture": args.texture, "locality": args.locality or 0.0, "consistency": args.consistency or 0.0,
-             "locality_anchor": args.locality_anchor, "consistency_teacher": args.consistency_teacher}
+             "locality_anchor": args.locality_anchor, "consistency_teacher": args.consistency_teacher,
+             "local_below": args.local_below if args.local_below is not None else 1.0}
     resumed_at, resuming = 0, args.resume and state_file.is_file()
     if args.init and not resuming:
         init = Path(args.init)
@@ -160,7 +181,7 @@ def train(args: argparse.Namespace) -> dict:
         if args.frames is not None and args.frames != state.get("frames", scenes.DEFAULT_FRAMES):
             raise RunError(f"{out} trains {state.get('frames', scenes.DEFAULT_FRAMES)}-frame clips; resume it "
                              f"without --frames, or start a new run (--init) at {args.frames} frames")
-        for knob in ("locality", "consistency"):  # a resumed run may tighten or relax its priors
+        for knob in ("locality", "consistency", "local_below"):  # a resumed run may tighten or relax its priors
             if getattr(args, knob) is not None:
                 state[knob] = getattr(args, knob)
         for flag in ("locality_anchor", "consistency_teacher"):  # switched on for good once given
@@ -188,6 +209,7 @@ def train(args: argparse.Namespace) -> dict:
     generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + resumed_at)
     unk = pipe.vocab.index(UNK)
     shift = pipe.scheduler.config.shift
+    local_below = state.get("local_below", 1.0)
     step, started, losses, objectives, outsides, gaps = resumed_at, time.perf_counter(), [], [], [], []
 
     def save() -> None:
@@ -226,22 +248,30 @@ def train(args: argparse.Namespace) -> dict:
             noisy = (1 - s) * x0 + s * noise
             if consistency:  # same clip, caption, noise level and noise twice: dense, then windows only
                 x0, noise, noisy, sigma, ids = (torch.cat([t[:half], t[:half]]) for t in (x0, noise, noisy, sigma, ids))
+            sparse_rows = sparse_noise_levels(sigma, local_below)
+            if penalty is not None:
+                penalty.weights = sparse_rows
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, args, resumed_at)
             with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
                 embeds = pipe.text_encoder(ids)
                 velocity = forward(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=embeds,
                                    return_dict=False)[0]
-            loss = torch.nn.functional.mse_loss(velocity.float(), noise - x0)
+            # every dense row counts; a windowed twin only at a noise level whose steps may run sparse
+            rows = sparse_rows.new_ones(b)
+            if consistency:
+                rows = torch.cat([rows[:half], sparse_rows[half:]])
+            loss = weighted_mse(velocity, noise - x0, rows)
             objective = loss
             if consistency:
-                gap = consistency_gap(velocity, half, teacher=state.get("consistency_teacher", False))
+                gap = consistency_gap(velocity, half, teacher=state.get("consistency_teacher", False),
+                                      weights=sparse_rows[:half])
                 gaps.append(gap.detach())
                 objective = objective + consistency * gap
             if locality:
-                outside = penalty.take()
+                outside = penalty.take()  # one term per layer
                 outsides.append(outside.detach())
-                objective = objective + locality * outside
+                objective = objective + locality * outside.mean()
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
@@ -262,7 +292,9 @@ def train(args: argparse.Namespace) -> dict:
                        "elapsed_s": round(state_elapsed(), 1),
                        "samples_per_s": round((step - resumed_at) * args.batch / (time.perf_counter() - started), 1)}
                 if outsides:
-                    row["outside_mass"] = round(torch.stack(outsides).mean().item(), 4)
+                    by_layer = torch.stack(outsides).mean(0)
+                    row["outside_mass"] = round(by_layer.mean().item(), 4)
+                    row["outside_by_layer"] = [round(x, 3) for x in by_layer.tolist()]
                     outsides.clear()
                 if gaps:
                     row["dense_window_gap"] = round(torch.stack(gaps).mean().item(), 5)
@@ -289,7 +321,7 @@ def train(args: argparse.Namespace) -> dict:
                 "texture": state.get("texture", 0.0), "locality": state.get("locality", 0.0),
                 "consistency": state.get("consistency", 0.0), "locality_anchor": state.get("locality_anchor", False),
                 "consistency_teacher": state.get("consistency_teacher", False),
-                "device": device_name(device), "torch": torch.__version__}
+                "local_below": local_below, "device": device_name(device), "torch": torch.__version__}
         if "init" in state:
             card["init"] = state["init"]
         save_demo(pipe, out / "demo_model", card)
@@ -335,6 +367,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="with --consistency: the dense prediction is the teacher (no gradient through it in the "
                         "gap), so the gap pulls the windowed pass toward the dense one and never the dense pass "
                         "toward the windows (which cost motion); a resumed run keeps it")
+    p.add_argument("--local-below", type=float,
+                   help="apply the locality prior and the windowed twins of --consistency only to examples whose "
+                        "noise level (sigma, 0..1) is below this: the noisiest steps, which decide the clip's layout "
+                        "and motion, keep dense attention (sample with --dense-steps covering them); default 1: all "
+                        "levels; a resumed run keeps its own unless given")
     p.add_argument("--max-minutes", type=float, default=8.0, help="stop and checkpoint after this long")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--init", help="start from the weights of a saved demo model folder (fine-tune) instead of random")

@@ -55,9 +55,22 @@ def test_attend_is_dense_attention_and_collects_the_penalty_only_when_training()
     penalty.attend(q, k, v)
     penalty.attend(q, k, v)
     first = penalty.outside_mass(q[:1], k[:1]).mean()
-    torch.testing.assert_close(penalty.take(), first)  # the mean of the two calls, on the first clip
+    torch.testing.assert_close(penalty.take(), torch.stack([first, first]))  # one term per call, on the first clip
     with pytest.raises(RuntimeError):
         penalty.take()  # and it starts afresh
+
+
+def test_weights_leave_clips_out_of_the_penalty():
+    """``train --local-below``: clips at noise levels that run dense do not count toward the prior."""
+    penalty = LocalityPenalty((4, 4, 8), heads=2, block=16, sample=3)
+    q, k, v = (torch.randn(3, 128, 2, 8, requires_grad=True) for _ in range(3))
+    penalty.weights = torch.tensor([0.0, 1.0, 1.0])
+    penalty.attend(q, k, v)
+    want = penalty.outside_mass(q[1:], k[1:]).mean()
+    torch.testing.assert_close(penalty.take(), want[None])
+    penalty.weights = torch.zeros(3)
+    penalty.attend(q, k, v)
+    assert penalty.take().item() == 0.0  # no clip left: no pull, and no division by zero
 
 
 def test_minimising_the_penalty_moves_attention_into_the_windows():
@@ -113,9 +126,39 @@ def test_consistency_training_optimises_the_gap_with_the_prior_and_records_it(tm
     assert abs(row["objective"] - want) < 1e-4
     card = json.loads((tmp_path / "demo_model" / "config.json").read_text())["training"]
     assert card["consistency"] == 2.0 and card["locality"] == 0.5 and card["locality_anchor"] is True
-    assert card["consistency_teacher"] is True
+    assert card["consistency_teacher"] is True and card["local_below"] == 1.0
+    assert len(row["outside_by_layer"]) == 6  # one term per layer of the demo model
+
+
+def test_local_below_leaves_the_noisiest_examples_to_dense_attention(tmp_path):
+    """With every example above the level, neither the prior nor the windowed twins pull at all."""
+    from calibstudio.engine.models.demo.train import parse_args, train
+
+    train(parse_args(["--out", str(tmp_path), "--batch", "2", "--workers", "0", "--steps", "1", "--log-every", "1",
+                      "--eval-clips", "0", "--consistency", "2.0", "--locality", "0.5", "--locality-sample", "1",
+                      "--local-below", "1e-6", "--init", str(default_folder())]))
+    row = json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[0])
+    assert row["dense_window_gap"] == 0 and row["outside_mass"] == 0 and row["objective"] == row["loss"]
+    assert json.loads((tmp_path / "demo_model" / "config.json").read_text())["training"]["local_below"] == 1e-6
+
+
+def test_consistency_needs_two_rows():
+    from calibstudio.engine.models.demo.train import parse_args
+
     with pytest.raises(SystemExit):
         parse_args(["--batch", "1", "--consistency", "1"])
+
+
+def test_local_below_weights_only_the_low_noise_pairs():
+    from calibstudio.engine.models.demo.train import consistency_gap, sparse_noise_levels
+
+    sigma = torch.tensor([0.2, 0.95, 0.5])
+    low = sparse_noise_levels(sigma, 0.9)
+    assert low.tolist() == [1.0, 0.0, 1.0]
+    assert sparse_noise_levels(sigma, 1.0).tolist() == [1.0, 1.0, 1.0]  # the default: every level
+    velocity = torch.randn(6, 3, 2, 2)
+    gaps = ((velocity[:3] - velocity[3:]) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(consistency_gap(velocity, 3, weights=low), (gaps[0] + gaps[2]) / 2)
 
 
 def test_consistency_teacher_moves_only_the_windowed_pass():
