@@ -358,7 +358,7 @@ class JobPanel(QWidget):
         if spec == self._defaults_for and not before_a_job:  # never change the form under a job just sent
             self._defaults_for = None
             for key, box in (("height", self.height_box), ("width", self.width_box), ("frames", self.frames_box),
-                             ("steps", self.steps_box)):
+                             ("steps", self.steps_box), ("dense_steps", self.dense_steps_box)):
                 if isinstance(defaults.get(key), int):
                     box.setValue(defaults[key])
             bound = defaults.get("error_bound")

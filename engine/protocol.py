@@ -152,8 +152,8 @@ SCHEMA: dict[str, dict[str, dict[str, Any]]] = {
         # where to write the profile; optional: prompts, steps, bins, error_bound (0: off), error_prompts
         "calibrate": {"profile": str},
         # optional for sparse generate and compare: "profile" (default the model's shipped one), "threshold"
-        # (default the model's recommended one), "dense_steps" (first steps run dense; default 0), "compile"
-        # (torch.compile the transformer; default false)
+        # (default the model's recommended one), "dense_steps" (first steps run dense; default the model's:
+        # 0 but for demo models trained with --local-below), "compile" (torch.compile the transformer; default false)
         "generate": {"prompt": str, "seed": int, "mode": Literal["dense", "sparse"]},
         "compare": {"prompt": str, "seed": int},  # dense and sparse in lockstep from one seed
         "get_mask": {"bin": int, "layer": int, "head": int},  # optional: "job" or "profile", "tau"

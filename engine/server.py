@@ -188,7 +188,8 @@ class Server:
         return GenerationSettings(prompt=args["prompt"], seed=args["seed"], **self._settings(args, model),
                                   negative_prompt=args.get("negative_prompt", ""),
                                   threshold=model.threshold(args.get("threshold")),
-                                  warmup_steps=args.get("warmup", 0), dense_steps=args.get("dense_steps", 0),
+                                  warmup_steps=args.get("warmup", 0),
+                                  dense_steps=model.dense_steps(args.get("dense_steps")),
                                   compile=bool(args.get("compile", False)))
 
     def job_generate(self, command: Command, folder: Path) -> dict:

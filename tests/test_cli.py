@@ -148,6 +148,19 @@ def test_jobs_use_the_models_recommended_threshold_unless_given():
     assert "recommended" in run("compare", "--help").stdout
 
 
+def test_jobs_run_the_models_dense_first_steps_unless_given():
+    """A model trained to attend locally only at low noise (demo.train --local-below) runs its noisiest steps dense."""
+    pytest.importorskip("diffusers")
+    from calibstudio.engine.jobs_cli import _generation
+    from calibstudio.engine.models.registry import WAN_DEFAULTS, LoadedModel
+
+    gated = LoadedModel(pipe=None, adapter=None, defaults={**WAN_DEFAULTS, "dense_steps": 3})
+    compare = ["compare", "--prompt", "x", "--out-dir", "out"]
+    assert _generation(build_parser().parse_args(compare), gated).dense_steps == 3
+    assert _generation(build_parser().parse_args([*compare, "--dense-steps", "0"]), gated).dense_steps == 0
+    assert LoadedModel(pipe=None, adapter=None, defaults=WAN_DEFAULTS).dense_steps(None) == 0
+
+
 @pytest.mark.slow
 def test_calibrate_generate_compare_on_the_tiny_model(tmp_path):
     pytest.importorskip("diffusers")

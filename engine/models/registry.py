@@ -38,6 +38,11 @@ class LoadedModel:
         value = self.defaults.get("error_bound") if given is None else given
         return float(value) if value else None
 
+    def dense_steps(self, given: int | None) -> int:
+        """``given``, else the model's dense first steps: a model trained to attend locally only below a
+        noise level (``demo.train --local-below``) runs the steps above it dense; 0 for the others."""
+        return int(self.defaults.get("dense_steps", 0)) if given is None else given
+
     def shipped_profile(self, given: str | None) -> str | Path:
         """``given``, else the model's shipped profile; a clear error when there is neither."""
         if given:
@@ -51,8 +56,10 @@ class LoadedModel:
 
 # Each model's clip size, steps, guidance and recommended retained-mass threshold (what jobs use when a
 # request or the command line gives none).
-WAN_DEFAULTS = {"height": 480, "width": 832, "frames": 81, "steps": 50, "guidance_scale": 5.0, "threshold": 0.999}
-TINY_DEFAULTS = {"height": 64, "width": 128, "frames": 9, "steps": 4, "guidance_scale": 1.0, "threshold": 0.999}
+WAN_DEFAULTS = {"height": 480, "width": 832, "frames": 81, "steps": 50, "guidance_scale": 5.0, "threshold": 0.999,
+                "dense_steps": 0}
+TINY_DEFAULTS = {"height": 64, "width": 128, "frames": 9, "steps": 4, "guidance_scale": 1.0, "threshold": 0.999,
+                 "dense_steps": 0}
 
 
 def default_device() -> str:

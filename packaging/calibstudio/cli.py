@@ -216,10 +216,10 @@ def _backend_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _dense_steps_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dense-steps", type=int, default=0,
+    parser.add_argument("--dense-steps", type=int,
                         help="run the first N denoising steps of the sparse clip dense: they decide where things "
                              "are, so this keeps the sparse clip closer to the dense one for less speedup "
-                             "(default 0)")
+                             "(default: the model's; 0 for Wan and the bundled demo model)")
 
 
 def _compile_option(parser: argparse.ArgumentParser) -> None:

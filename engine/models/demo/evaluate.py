@@ -26,10 +26,12 @@ from calibstudio.engine.progress import tqdm_progress
 
 def evaluate(prompts: list[str], profile_path: str | Path | None = None, threshold: float | None = None,
              model: str = "demo", seed: int = 0, device: str | None = None, backend: str = "auto",
-             dense_steps: int = 0, compile: bool = False) -> dict[str, Any]:
+             dense_steps: int | None = None, compile: bool = False) -> dict[str, Any]:
     """Dense and sparse adherence (fractions), mean PSNR/SSIM of sparse vs dense, and the overall speedup.
 
-    ``profile_path`` None: the profile shipped with the model; ``threshold`` None: the model's recommended one.
+    ``profile_path`` None: the profile shipped with the model; ``threshold`` None: the model's recommended
+    one; ``dense_steps`` None: the model's. ``density`` is the mean over the sparse clip's steps, its dense
+    first steps counted as 1.
     """
     if not prompts:
         raise ValueError("no prompts to evaluate (one caption a line)")
@@ -37,9 +39,10 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
     loaded = load_model(model, device)
     d = loaded.defaults
     threshold = loaded.threshold(threshold)
+    dense_steps = loaded.dense_steps(dense_steps)
     dense, sparse, psnrs, ssims, dense_ms, sparse_ms = [], [], [], [], 0.0, 0.0
     with Profile.open(loaded.shipped_profile(profile_path)) as profile:
-        density = profile.density(threshold)
+        density = profile.density(threshold, dense_steps)
         progress = tqdm_progress()
         for i, prompt in enumerate(prompts):
             settings = GenerationSettings(prompt=prompt, height=int(d["height"]), width=int(d["width"]),

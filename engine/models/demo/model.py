@@ -45,7 +45,7 @@ SCHEDULER_SHIFT = 2.0
 # its calibration only the error pass (~1.2 of ~4.4 minutes on 2 cores).
 DEFAULTS: dict[str, int | float] = {"height": scenes.DEFAULT_HEIGHT, "width": scenes.DEFAULT_WIDTH,
                                     "frames": scenes.DEFAULT_FRAMES, "steps": 20, "guidance_scale": 4.0,
-                                    "threshold": 0.9, "error_bound": 0.05}
+                                    "threshold": 0.9, "error_bound": 0.05, "dense_steps": 0}
 
 
 def default_folder() -> Path:

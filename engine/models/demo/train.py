@@ -16,6 +16,7 @@ the checkpoint stays small enough to carry between machines).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -156,6 +157,16 @@ def sparse_noise_levels(sigma: torch.Tensor, below: float) -> torch.Tensor:
     return (sigma < below).float()
 
 
+def dense_steps_above(pipe: DemoPipeline, below: float) -> int:
+    """How many of the model's default sampling steps have a noise level >= ``below``: the steps a
+    model trained with ``--local-below`` must run dense (exported as its ``dense_steps`` default)."""
+    if below >= 1.0:  # the prior covered every level
+        return 0
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.set_timesteps(int(pipe.defaults["steps"]))
+    return int((scheduler.sigmas[:-1] >= below).sum())
+
+
 def train(args: argparse.Namespace) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = Path(args.out)
@@ -192,6 +203,7 @@ def train(args: argparse.Namespace) -> dict:
     frames = state.setdefault("frames", scenes.DEFAULT_FRAMES)
     grid = DemoAdapter().token_grid(pipe, scenes.DEFAULT_HEIGHT, scenes.DEFAULT_WIDTH, frames)  # checks the length
     pipe.defaults["frames"] = frames  # the exported model generates clips of the length it learned
+    pipe.defaults["dense_steps"] = dense_steps_above(pipe, state.get("local_below", 1.0))  # ...and steps as it learned
     pipe.to(device)
     modules = torch.nn.ModuleDict({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder})
     if resumed_at:

@@ -139,7 +139,19 @@ def test_local_below_leaves_the_noisiest_examples_to_dense_attention(tmp_path):
                       "--local-below", "1e-6", "--init", str(default_folder())]))
     row = json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[0])
     assert row["dense_window_gap"] == 0 and row["outside_mass"] == 0 and row["objective"] == row["loss"]
-    assert json.loads((tmp_path / "demo_model" / "config.json").read_text())["training"]["local_below"] == 1e-6
+    config = json.loads((tmp_path / "demo_model" / "config.json").read_text())
+    assert config["training"]["local_below"] == 1e-6
+    assert config["defaults"]["dense_steps"] == config["defaults"]["steps"]  # every level above it: all steps dense
+
+
+def test_the_steps_above_the_local_level_are_the_models_dense_steps():
+    from calibstudio.engine.models.demo.model import DemoPipeline
+    from calibstudio.engine.models.demo.train import dense_steps_above
+
+    pipe = DemoPipeline.fresh(0)  # 20 steps, shift 2: sigmas 1.0, 0.973, 0.945, 0.915, 0.883, ...
+    assert dense_steps_above(pipe, 0.93) == 3
+    assert dense_steps_above(pipe, 0.9) == 4
+    assert dense_steps_above(pipe, 1.0) == 0  # the prior covered every level: no step needs to run dense
 
 
 def test_consistency_needs_two_rows():
