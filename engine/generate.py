@@ -110,6 +110,7 @@ class Comparison:
     densities: np.ndarray  # [bins, layers, heads] at the threshold
     retained_mean: np.ndarray
     retained_worst: np.ndarray
+    density: float  # of the sparse clip's attention, its dense first steps counted as 1
 
     @property
     def speedup(self) -> float:
@@ -119,7 +120,7 @@ class Comparison:
         """The JSON report: settings, densities, retained mass, per-step times, speedup, metrics."""
         return {
             "settings": asdict(self.settings),
-            "density": float(self.densities.mean()),
+            "density": self.density,
             "densities": self.densities.round(5).tolist(),
             "retained_mean": self.retained_mean.round(6).tolist(),
             "retained_worst": self.retained_worst.round(6).tolist(),
@@ -162,4 +163,4 @@ def compare(pipe: Any, adapter: VideoModelAdapter, s: GenerationSettings, profil
     mean, worst = profile.retained(s.threshold)
     return Comparison(s, Clip(adapter.decode(pipe, dense.latents), dense_ms),
                       Clip(adapter.decode(pipe, sparse.latents), sparse_ms), profile.densities(s.threshold),
-                      mean, worst)
+                      mean, worst, profile.density(s.threshold, s.dense_steps))

@@ -143,8 +143,10 @@ def test_dense_first_steps_keep_the_sparse_clip_on_the_dense_one(pipe, adapter, 
     all_dense = run(STEPS)
     np.testing.assert_array_equal(all_dense.sparse.frames, all_dense.dense.frames)
     assert all_dense.report()["settings"]["dense_steps"] == STEPS
+    assert all_dense.report()["density"] == 1.0  # the clip's density counts its dense steps
     sparse = run(1)
     assert not np.array_equal(sparse.sparse.frames, sparse.dense.frames)  # the later steps ran sparse
+    assert sparse.report()["density"] == calibrated.density(0.9, 1) > calibrated.density(0.9)
     with pytest.raises(ValueError, match="dense steps must be 0..3"):
         _settings(dense_steps=STEPS + 1)
 
