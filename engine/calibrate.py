@@ -39,6 +39,7 @@ class CalibrationSettings:
     recommended_threshold: float | None = None  # the model's; the studio starts a fresh session's tau there
     error_bound: float | None = None  # relative attention-output error a head may have; None: mass only
     error_prompts: int = 2  # how many of the prompts the error pass runs (one dense generation each)
+    dense_steps: int = 0  # the model's dense first steps: a step bin of their own (see step_bins)
 
 
 def equal_step_bins(steps: int, bins: int) -> tuple[tuple[int, int], ...]:
@@ -49,6 +50,19 @@ def equal_step_bins(steps: int, bins: int) -> tuple[tuple[int, int], ...]:
         raise ValueError(f"cannot split {steps} steps into {bins} bins; use 1..{steps} bins")
     edges = np.linspace(0, steps, bins + 1).round().astype(int)
     return tuple((int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True))
+
+
+def step_bins(steps: int, bins: int, dense_steps: int = 0) -> tuple[tuple[int, int], ...]:
+    """``bins`` contiguous step bins covering ``steps``.
+
+    A model's dense first steps (``dense_steps``, e.g. a demo model trained with ``--local-below``)
+    get the first bin to themselves: their attention was trained dense, and averaged into the next
+    steps' bin it would make those sparse steps' masks dense too.
+    """
+    if 0 < dense_steps < steps and 2 <= bins <= steps - dense_steps + 1:
+        rest = equal_step_bins(steps - dense_steps, bins - 1)
+        return ((0, dense_steps), *((a + dense_steps, b + dense_steps) for a, b in rest))
+    return equal_step_bins(steps, bins)
 
 
 def calibrate(
@@ -76,7 +90,7 @@ def calibrate(
     grid = adapter.token_grid(pipe, s.height, s.width, s.frames)
     layers = sum(1 for _ in adapter.self_attention_modules(pipe.transformer))
     heads = pipe.transformer.config.num_attention_heads
-    bins = equal_step_bins(s.steps, s.bins)
+    bins = step_bins(s.steps, s.bins, s.dense_steps)
     meta = ProfileMeta(model=adapter.identity(pipe), grid=grid, block_size=(s.block, s.block), num_steps=s.steps,
                        step_bins=bins, layers=layers, heads=heads,
                        calibration={"prompts": list(prompts), "settings": asdict(s)})

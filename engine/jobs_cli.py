@@ -48,7 +48,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     prompts = prompts[: args.limit] if args.limit else prompts
     settings = CalibrationSettings(**_size(args, model), bins=args.bins, seed=args.seed, block=args.block,
                                    negative_prompt=args.negative_prompt, recommended_threshold=model.threshold(None),
-                                   error_bound=model.error_bound(args.error_bound), error_prompts=args.error_prompts)
+                                   error_bound=model.error_bound(args.error_bound), error_prompts=args.error_prompts,
+                                   dense_steps=model.dense_steps(None))
     with calibrate(model.pipe, model.adapter, prompts, settings, args.out, tqdm_progress()) as profile:
         print(f"wrote {args.out}: {profile.meta.nq}x{profile.meta.nk} blocks, density "
               + ", ".join(f"{profile.density(t):.1%} at {t}" for t in (0.95, 0.99, 0.999)))

@@ -178,7 +178,8 @@ class Server:
                                        seed=args.get("seed", 0), block=args.get("block", 128),
                                        recommended_threshold=model.threshold(None),
                                        error_bound=model.error_bound(args.get("error_bound")),
-                                       error_prompts=args.get("error_prompts", 2))
+                                       error_prompts=args.get("error_prompts", 2),
+                                       dense_steps=model.dense_steps(None))
         with calibrate(model.pipe, model.adapter, prompts, settings, args["profile"], self._progress) as profile:
             return {"profile": str(profile.path), "density": {str(t): profile.density(t) for t in (0.99, 0.999)}}
 

@@ -67,6 +67,16 @@ def test_token_grid_matches_the_transformer(pipe, adapter):
         adapter.token_grid(pipe, 64, 128, 8)
 
 
+def test_a_models_dense_first_steps_get_a_step_bin_of_their_own():
+    from calibstudio.engine.calibrate import step_bins
+
+    assert step_bins(20, 4) == ((0, 5), (5, 10), (10, 15), (15, 20))
+    # trained dense above a noise level: steps 0-2 do not blur the masks of the sparse steps after them
+    assert step_bins(20, 4, dense_steps=3) == ((0, 3), (3, 9), (9, 14), (14, 20))
+    assert step_bins(4, 4, dense_steps=3) == ((0, 1), (1, 2), (2, 3), (3, 4))  # no room: equal bins
+    assert step_bins(20, 1, dense_steps=3) == ((0, 20),)
+
+
 def test_same_seed_gives_the_same_dense_clip(pipe, adapter):
     a = generate(pipe, adapter, _settings()).frames
     b = generate(pipe, adapter, _settings()).frames
