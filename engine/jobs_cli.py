@@ -61,9 +61,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def _generation(args: argparse.Namespace, model: LoadedModel) -> GenerationSettings:
-    return GenerationSettings(prompt=args.prompt, **_size(args, model), seed=args.seed,
+    size = _size(args, model)
+    return GenerationSettings(prompt=args.prompt, **size, seed=args.seed,
                               negative_prompt=args.negative_prompt, threshold=model.threshold(args.threshold),
-                              warmup_steps=args.warmup, dense_steps=model.dense_steps(args.dense_steps),
+                              warmup_steps=args.warmup, dense_steps=model.dense_steps(args.dense_steps, size["steps"]),
                               compile=args.compile)
 
 

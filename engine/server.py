@@ -186,11 +186,12 @@ class Server:
     def _generation(self, args: dict, model: Any) -> Any:
         from calibstudio.engine.generate import GenerationSettings
 
-        return GenerationSettings(prompt=args["prompt"], seed=args["seed"], **self._settings(args, model),
+        size = self._settings(args, model)
+        return GenerationSettings(prompt=args["prompt"], seed=args["seed"], **size,
                                   negative_prompt=args.get("negative_prompt", ""),
                                   threshold=model.threshold(args.get("threshold")),
                                   warmup_steps=args.get("warmup", 0),
-                                  dense_steps=model.dense_steps(args.get("dense_steps")),
+                                  dense_steps=model.dense_steps(args.get("dense_steps"), size["steps"]),
                                   compile=bool(args.get("compile", False)))
 
     def job_generate(self, command: Command, folder: Path) -> dict:

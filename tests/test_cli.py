@@ -159,6 +159,8 @@ def test_jobs_run_the_models_dense_first_steps_unless_given():
     assert _generation(build_parser().parse_args(compare), gated).dense_steps == 3
     assert _generation(build_parser().parse_args([*compare, "--dense-steps", "0"]), gated).dense_steps == 0
     assert LoadedModel(pipe=None, adapter=None, defaults=WAN_DEFAULTS).dense_steps(None) == 0
+    # a clip shorter than the model's dense steps runs dense throughout instead of failing
+    assert _generation(build_parser().parse_args([*compare, "--steps", "2"]), gated).dense_steps == 2
 
 
 @pytest.mark.slow

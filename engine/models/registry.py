@@ -38,10 +38,14 @@ class LoadedModel:
         value = self.defaults.get("error_bound") if given is None else given
         return float(value) if value else None
 
-    def dense_steps(self, given: int | None) -> int:
-        """``given``, else the model's dense first steps: a model trained to attend locally only below a
-        noise level (``demo.train --local-below``) runs the steps above it dense; 0 for the others."""
-        return int(self.defaults.get("dense_steps", 0)) if given is None else given
+    def dense_steps(self, given: int | None, steps: int | None = None) -> int:
+        """``given``, else the model's dense first steps (at most ``steps``, a clip's step count): a model
+        trained to attend locally only below a noise level (``demo.train --local-below``) runs the steps
+        above it dense; 0 for the others."""
+        if given is not None:
+            return given
+        default = int(self.defaults.get("dense_steps", 0))
+        return default if steps is None else min(default, steps)
 
     def shipped_profile(self, given: str | None) -> str | Path:
         """``given``, else the model's shipped profile; a clear error when there is neither."""

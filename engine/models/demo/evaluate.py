@@ -39,9 +39,9 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
     loaded = load_model(model, device)
     d = loaded.defaults
     threshold = loaded.threshold(threshold)
-    dense_steps = loaded.dense_steps(dense_steps)
     dense, sparse, psnrs, ssims, dense_ms, sparse_ms = [], [], [], [], 0.0, 0.0
     with Profile.open(loaded.shipped_profile(profile_path)) as profile:
+        dense_steps = loaded.dense_steps(dense_steps, profile.meta.num_steps)
         density = profile.density(threshold, dense_steps)
         progress = tqdm_progress()
         for i, prompt in enumerate(prompts):
