@@ -58,8 +58,8 @@ class LoadedModel:
         return self.profile
 
 
-# Each model's clip size, steps, guidance and recommended retained-mass threshold (what jobs use when a
-# request or the command line gives none).
+# Each model's clip size, steps, guidance, recommended retained-mass threshold and dense first steps (what
+# jobs use when a request or the command line gives none).
 WAN_DEFAULTS = {"height": 480, "width": 832, "frames": 81, "steps": 50, "guidance_scale": 5.0, "threshold": 0.999,
                 "dense_steps": 0}
 TINY_DEFAULTS = {"height": 64, "width": 128, "frames": 9, "steps": 4, "guidance_scale": 1.0, "threshold": 0.999,
