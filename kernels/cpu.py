@@ -21,6 +21,8 @@ __all__ = ["cpu_sparse_attention"]
 
 # Keys gathered per chunk: keeps the gathered K/V of one chunk in cache.
 _CHUNK_KEYS = 4096
+# Query x key scores per call for rows that keep every key block (bounds the LSE path's score matrix).
+_SCORES = 1 << 24
 
 
 def _blocks(x: torch.Tensor, n: int, block: int, dtype: torch.dtype) -> torch.Tensor:
@@ -31,6 +33,21 @@ def _blocks(x: torch.Tensor, n: int, block: int, dtype: torch.dtype) -> torch.Te
     if S != n * block:
         x = F.pad(x, (0, 0, 0, 0, 0, n * block - S))
     return x.view(B, n, block, H, D).permute(0, 3, 1, 2, 4).reshape(B, H * n, block, D)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
+            want_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Batched attention ``[r, m, D] x [r, n, D]`` with an additive ``mask`` broadcast to ``[r, 1, n]``: one SDPA
+    call, or where the row LSE is asked for, two batched matmuls around a stable softmax."""
+    if not want_lse:
+        o = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1),
+                                           attn_mask=None if mask is None else mask.unsqueeze(1), scale=scale)
+        return o.squeeze(1), None
+    if mask is None:
+        sc = torch.bmm(q, k.transpose(1, 2)).mul_(scale)
+    else:
+        sc = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=scale)
+    return torch.bmm(torch.softmax(sc, dim=-1), v), torch.logsumexp(sc, dim=-1).float()
 
 
 def cpu_sparse_attention(
@@ -79,6 +96,22 @@ def cpu_sparse_attention(
     for c, n in zip(uniq.tolist(), sizes.tolist(), strict=True):
         rows_all = order[start : start + n]
         start += n
+        if c == nk:  # rows that keep every key block read their head's K/V in place: no gather
+            mask = None if bias is None else bias.view(1, 1, nk * bk)
+            step = max(1, _SCORES // (bq * nk * bk))
+            for h in (rows_all // nq).unique().tolist():
+                head_rows = rows_all[rows_all // nq == h]
+                keys = slice(h * nk, (h + 1) * nk)
+                for r0 in range(0, head_rows.numel(), step):
+                    rows = head_rows[r0 : r0 + step]
+                    for b in range(B):
+                        qg = qb[b].index_select(0, rows)
+                        o, row_lse = _attend(qg.view(1, -1, D), kb[b, keys].view(1, -1, D),
+                                             vb[b, keys].view(1, -1, D), mask, scale, lse is not None)
+                        out[b].index_copy_(0, rows, o.view_as(qg))
+                        if lse is not None:
+                            lse[b].index_copy_(0, rows, row_lse.view(-1, bq))
+            continue
         step = max(1, cap // (c * bk))
         for r0 in range(0, n, step):
             rows = rows_all[r0 : r0 + step]
@@ -94,20 +127,10 @@ def cpu_sparse_attention(
                 torch.index_select(kb[b], 0, kidx, out=kg)
                 torch.index_select(vb[b], 0, kidx, out=vg)
                 qg = qb[b].index_select(0, rows)  # [r, bq, D]
-                k3, v3 = kg.view(r, c * bk, D), vg.view(r, c * bk, D)
-                if lse is None:
-                    o = F.scaled_dot_product_attention(
-                        qg.unsqueeze(1), k3.unsqueeze(1), v3.unsqueeze(1),
-                        attn_mask=None if mask is None else mask.unsqueeze(1), scale=scale,
-                    ).squeeze(1)
-                else:
-                    if mask is None:
-                        sc = torch.bmm(qg, k3.transpose(1, 2)).mul_(scale)
-                    else:
-                        sc = torch.baddbmm(mask, qg, k3.transpose(1, 2), alpha=scale)
-                    lse[b].index_copy_(0, rows, torch.logsumexp(sc, dim=-1).float())
-                    o = torch.bmm(torch.softmax(sc, dim=-1), v3)
+                o, row_lse = _attend(qg, kg.view(r, c * bk, D), vg.view(r, c * bk, D), mask, scale, lse is not None)
                 out[b].index_copy_(0, rows, o)
+                if lse is not None:
+                    lse[b].index_copy_(0, rows, row_lse)
     o = out.view(B, H, nq * bq, D)[:, :, :Sq].transpose(1, 2).to(q.dtype)
     if lse is None:
         return o

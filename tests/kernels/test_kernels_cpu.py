@@ -108,6 +108,22 @@ def test_cpu_path_matches_reference(S, density):
     torch.testing.assert_close(cpu_sparse_attention(q, k, v, lay), out, atol=1e-5, rtol=0)
 
 
+def test_cpu_path_rows_keeping_every_key_block_among_sparse_ones(monkeypatch):
+    """A dense head next to sparse ones (the demo model's layer 0) reads its K/V in place, in chunks."""
+    import calibstudio.kernels.cpu as cpu
+
+    monkeypatch.setattr(cpu, "_SCORES", 2 * 64 * 384)  # two query blocks a call: the chunks are exercised
+    q, k, v = _qkv(2, 333, 3, 64, 7)
+    mask = random_block_mask(3, 6, 6, 0.3, seed=3)
+    mask[0] = True
+    mask[2, 4] = True
+    lay = BlockLayout.from_mask(mask, 64, 64, 333, 333)
+    out, lse = cpu_sparse_attention(q, k, v, lay, return_lse=True)
+    torch.testing.assert_close(out, reference_attention(q, k, v, lay), atol=1e-4, rtol=0)
+    torch.testing.assert_close(lse, reference_lse(q, k, lay), atol=1e-4, rtol=0)
+    torch.testing.assert_close(cpu_sparse_attention(q, k, v, lay), out, atol=1e-5, rtol=0)
+
+
 def test_cpu_path_strided_input_and_bf16():
     qkv = torch.randn(1, 200, 3, 2, 64)  # a packed projection: q, k, v are strided views
     q, k, v = qkv.unbind(2)
