@@ -120,7 +120,7 @@ def test_consistency_training_optimises_the_gap_with_the_prior_and_records_it(tm
                       "--locality-anchor", "--consistency-teacher",
                       "--init", str(default_folder())]))  # trained: the two paths differ
     row = json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[0])
-    assert row["dense_window_gap"] > 1e-3 and 0 < row["outside_mass"] < 1
+    assert row["dense_window_gap"] > 1e-4 and 0 < row["outside_mass"] < 1
     # both terms are in what the optimiser minimised (one was once dropped when both were on)
     want = row["loss"] + 2.0 * row["dense_window_gap"] + 0.5 * row["outside_mass"]
     assert abs(row["objective"] - want) < 1e-4

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from calibstudio.engine.models.base import ModelLoadError
-from calibstudio.engine.models.demo import scenes
 from calibstudio.engine.models.demo.adherence import check_clip
 from calibstudio.engine.models.demo.folder import CONFIG, WEIGHTS
 from calibstudio.engine.models.demo.model import DemoAdapter, default_folder, load_demo, save_demo
@@ -27,7 +26,7 @@ def test_shipped_weights_are_small_and_load_as_the_default_model(demo):
     assert (default_folder() / WEIGHTS).stat().st_size <= 25 * 2**20
     assert demo.adapter.identity(demo.pipe)["name"] == "calibstudio-demo"
     grid = demo.adapter.token_grid(demo.pipe, demo.defaults["height"], demo.defaults["width"], demo.defaults["frames"])
-    assert grid == scenes.DEFAULT_TOKEN_GRID and np.prod(grid) >= 2048
+    assert np.prod(grid) >= 2048  # the default clip's attention is large enough for sparsity to pay
 
 
 def test_unknown_words_map_to_unk_and_never_fail(demo):
@@ -136,7 +135,7 @@ def test_a_trained_demo_folder_loads_as_a_model_with_its_own_defaults(demo, tmp_
     assert is_demo_folder(tmp_path) and size_rule(str(tmp_path)) is DEMO_RULE  # the studio checks sizes the same way
     loaded = load_model(str(tmp_path), "cpu")
     assert isinstance(loaded.adapter, DemoAdapter)
-    assert loaded.threshold(None) == 0.95 and loaded.defaults["frames"] == 16
+    assert loaded.threshold(None) == 0.95 and loaded.defaults["frames"] == demo.defaults["frames"]
     assert loaded.error_bound(None) == 0.05 and loaded.error_bound(0.1) == 0.1 and loaded.error_bound(0) is None
     assert loaded.profile == tmp_path / PROFILE and loaded.available_profile is None  # none calibrated yet
     (tmp_path / WEIGHTS).unlink()
