@@ -63,6 +63,7 @@ class VideoModelAdapter(Protocol):
         """A small uint8 ``[height, width, 3]`` image of the current latents, cheap enough for every step."""
         ...
 
-    def identity(self, pipe: Any) -> dict[str, str]:
-        """Model identity recorded in profiles: name, class and a hash of the transformer config."""
+    def identity(self, pipe: Any) -> dict[str, Any]:
+        """Model identity recorded in profiles: name, class, a hash of the transformer config, and its width
+        (``inner_dim``: the studio's speed prediction scales the attention share of a step with it)."""
         ...

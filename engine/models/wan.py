@@ -141,13 +141,14 @@ class WanAdapter:
         image = ((frame - low) / (high - low).clamp_min(1e-6) * 255).round().byte()
         return image.permute(1, 2, 0).cpu().numpy()
 
-    def identity(self, pipe: Any) -> dict[str, str]:
+    def identity(self, pipe: Any) -> dict[str, Any]:
         config = dict(pipe.transformer.config)
         text = json.dumps({k: v for k, v in config.items() if not k.startswith("_")}, sort_keys=True, default=str)
         return {
             "name": Path(str(getattr(pipe, "name_or_path", "") or "wan")).name or "wan",
             "class": type(pipe.transformer).__name__,
             "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
+            "inner_dim": int(config["num_attention_heads"] * config["attention_head_dim"]),
         }
 
 

@@ -180,8 +180,9 @@ class DemoAdapter(WanAdapter):
         """The middle frame in true colour (pixel space: no decode needed)."""
         return clip_to_uint8(latents[:, :, latents.shape[2] // 2 : latents.shape[2] // 2 + 1])[0]
 
-    def identity(self, pipe: Any) -> dict[str, str]:
+    def identity(self, pipe: Any) -> dict[str, Any]:
         config = {k: v for k, v in dict(pipe.transformer.config).items() if not k.startswith("_")}
         text = json.dumps({"transformer": config, "vocab": pipe.vocab}, sort_keys=True, default=str)
         return {"name": NAME, "class": type(pipe.transformer).__name__,
-                "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16]}
+                "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
+                "inner_dim": int(config["num_attention_heads"] * config["attention_head_dim"])}

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from calibstudio.app.cost_model import estimate
 from calibstudio.engine.models.base import ModelLoadError
 from calibstudio.engine.models.demo.adherence import check_clip
 from calibstudio.engine.models.demo.folder import CONFIG, WEIGHTS
 from calibstudio.engine.models.demo.model import DemoAdapter, default_folder, load_demo, save_demo
 from calibstudio.engine.models.demo.text import UNK, WordEncoder, grammar_vocabulary, tokenize
 from calibstudio.engine.models.registry import load_model
+from calibstudio.engine.profile import Profile
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +29,10 @@ def test_shipped_weights_are_small_and_load_as_the_default_model(demo):
     assert demo.adapter.identity(demo.pipe)["name"] == "calibstudio-demo"
     grid = demo.adapter.token_grid(demo.pipe, demo.defaults["height"], demo.defaults["width"], demo.defaults["frames"])
     assert np.prod(grid) >= 2048  # the default clip's attention is large enough for sparsity to pay
+    # the shipped profile records the model's width, so the studio predicts its speed with the demo's own
+    # attention share (Wan-14B's width would predict ~1.1x where it measures ~1.6x)
+    with Profile.open(demo.profile) as profile:
+        assert estimate(profile.meta.tokens, 0.3, profile.meta.model).width == 256  # 4 heads x 64
 
 
 def test_unknown_words_map_to_unk_and_never_fail(demo):
