@@ -260,7 +260,7 @@ class MainWindow(QMainWindow):
         stats = self.model.stats()
         if stats is None:
             return
-        self.density_label.setText(f"density {stats.density:.1%} at τ {stats.applied:.5f} · "
+        self.density_label.setText(f"density {stats.speedup.density:.1%} at τ {stats.applied:.5f} · "
                                    f"predicted {stats.speedup.speedup:.2f}×")
 
     # -- engine and jobs -------------------------------------------------------------------------------------

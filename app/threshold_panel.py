@@ -23,6 +23,8 @@ from calibstudio.app import theme
 from calibstudio.app.profile_model import ProfileModel, level_threshold
 from calibstudio.engine.profile import N_LEVELS, TAU_MAX, TAU_MIN, threshold_level
 
+_DENSITY_TIP = "Share of attention blocks computed, whole model (step bins weighted by steps)"
+
 
 class ThresholdSpinBox(QDoubleSpinBox):
     """A τ spin box whose arrow steps move one quantised level, like the slider."""
@@ -61,7 +63,7 @@ class ThresholdPanel(QWidget):
         self.density_label = QLabel("—")
         self.density_label.setObjectName("density")
         self.density_label.setStyleSheet("font-size: 20pt; font-weight: 600;")
-        self.density_label.setToolTip("Share of attention blocks computed, whole model (step bins weighted by steps)")
+        self.density_label.setToolTip(_DENSITY_TIP)
         self.speedup_label = QLabel("—")
         self.speedup_label.setObjectName("speedup")
         self.speedup_label.setStyleSheet(f"font-size: 20pt; font-weight: 600; color: {theme.ACCENT};")
@@ -133,7 +135,11 @@ class ThresholdPanel(QWidget):
             widget.setEnabled(enabled)
         if stats is None:
             return
-        self.density_label.setText(f"{stats.density:.1%}")
+        # the clip's density, as a compare reports it: the job's dense first steps count as 1
+        clip, dense = stats.speedup.density, stats.speedup.dense_steps
+        self.density_label.setText(f"{clip:.1%}")
+        split = f"\nThe first {dense} steps run dense: {clip:.1%} over the clip, {stats.density:.1%} in the others."
+        self.density_label.setToolTip(_DENSITY_TIP + (split if dense else ""))
         self.speedup_label.setText(f"{stats.speedup.speedup:.2f}×")
         self.speedup_label.setToolTip(stats.speedup.explain())
         self.retained_label.setText(f"{stats.mean_retained:.5f} mean")

@@ -139,6 +139,12 @@ def test_slider_updates_density_label(dark_app, qtbot, small_profile):
     assert "×" in panel.speedup_label.text() and "attention share" in panel.speedup_label.toolTip()
     panel.spin.setValue(0.95)
     assert abs(model.threshold - 0.95) < 1e-9 and panel.slider.value() == model.level
+    # with dense first steps the label is the clip's density, as a compare reports it; the tooltip splits it
+    sparse_steps = model.stats().density
+    model.set_dense_steps(2)
+    clip = model.profile.density(model.threshold, 2)
+    assert clip > sparse_steps and panel.density_label.text() == f"{clip:.1%}"
+    assert f"{sparse_steps:.1%} in the others" in panel.density_label.toolTip()
 
 
 def test_selected_head_readout_follows_selection_without_overlapping_rows(dark_app, qtbot, small_profile):
