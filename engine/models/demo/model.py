@@ -37,12 +37,14 @@ TRANSFORMER_CONFIG: dict[str, Any] = {
 }
 TEXT_CONFIG: dict[str, Any] = {"dim": 128, "layers": 2, "heads": 4}
 SCHEDULER_SHIFT = 2.0
-# threshold: the retained-mass tau this model's shipped profile is meant for. The demo's attention is
-# diffuse (README, model card): at 0.99 and above every layer keeps so many blocks that it runs dense.
+# Defaults of a freshly built model (training starts from them; an exported model's config.json carries
+# its own: the shipped v4 has 32 frames and 5 dense steps, see its model card).
+# threshold: the retained-mass tau a shipped profile is meant for (at 0.99 and above v1's diffuse
+# attention kept so many blocks that every layer ran dense).
 # error_bound: calibration raises the tau of heads whose attention output is off by more than this
 # (engine/error_bound.py). 0.05 brought the locality models' sparse adherence level with dense
-# (docs/demo-model/consistency-experiment.json); the shipped v1's worst head is at 0.041, so it costs
-# its calibration only the error pass (~1.2 of ~4.4 minutes on 2 cores).
+# (docs/demo-model/consistency-experiment.json).
+# dense_steps: train exports the steps above its --local-below noise level.
 DEFAULTS: dict[str, int | float] = {"height": scenes.DEFAULT_HEIGHT, "width": scenes.DEFAULT_WIDTH,
                                     "frames": scenes.DEFAULT_FRAMES, "steps": 20, "guidance_scale": 4.0,
                                     "threshold": 0.9, "error_bound": 0.05, "dense_steps": 0}
