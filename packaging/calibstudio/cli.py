@@ -194,7 +194,7 @@ def _job_parser(commands: argparse._SubParsersAction, name: str, text: str) -> a
     job.add_argument("--frames", type=int,
                      help="frames: 4k+1 for Wan, even for the demo model (default: the model's)")
     job.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
-    job.add_argument("--guidance-scale", dest="guidance_scale", type=float, help="classifier-free guidance")
+    _guidance_option(job)
     job.add_argument("--negative-prompt", default="", help="negative prompt")
     job.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     job.add_argument("--device", help="cuda or cpu (default: cuda when available)")
@@ -209,6 +209,11 @@ def _threshold_option(parser: argparse.ArgumentParser, default: float | str) -> 
     """``--threshold``; a string default names a default that the job resolves (the option stays None)."""
     parser.add_argument("--threshold", "-t", type=float, default=None if isinstance(default, str) else default,
                         help=f"retained-mass threshold in 0.90..0.9999 (default: {default})")
+
+
+def _guidance_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--guidance-scale", dest="guidance_scale", type=float,
+                        help="classifier-free guidance scale (default: the model's)")
 
 
 def _backend_option(parser: argparse.ArgumentParser) -> None:
@@ -302,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--profile", help="calibration profile (default: the one shipped with the demo model)")
     _threshold_option(evaluate, MODEL_THRESHOLD)
     _dense_steps_option(evaluate)
+    _guidance_option(evaluate)
     _compile_option(evaluate)
     evaluate.add_argument("--model", default="demo", help="model (default: the bundled demo model)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the first caption; caption i uses seed+i")

@@ -26,12 +26,13 @@ from calibstudio.engine.progress import tqdm_progress
 
 def evaluate(prompts: list[str], profile_path: str | Path | None = None, threshold: float | None = None,
              model: str = "demo", seed: int = 0, device: str | None = None, backend: str = "auto",
-             dense_steps: int | None = None, compile: bool = False) -> dict[str, Any]:
+             dense_steps: int | None = None, compile: bool = False,
+             guidance_scale: float | None = None) -> dict[str, Any]:
     """Dense and sparse adherence (fractions), mean PSNR/SSIM of sparse vs dense, and the overall speedup.
 
     ``profile_path`` None: the profile shipped with the model; ``threshold`` None: the model's recommended
-    one; ``dense_steps`` None: the model's. ``density`` is the mean over the sparse clip's steps, its dense
-    first steps counted as 1.
+    one; ``dense_steps`` and ``guidance_scale`` None: the model's. ``density`` is the mean over the sparse
+    clip's steps, its dense first steps counted as 1.
     """
     if not prompts:
         raise ValueError("no prompts to evaluate (one caption a line)")
@@ -39,6 +40,7 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
     loaded = load_model(model, device)
     d = loaded.defaults
     threshold = loaded.threshold(threshold)
+    guidance_scale = float(d["guidance_scale"]) if guidance_scale is None else guidance_scale
     dense, sparse, psnrs, ssims, dense_ms, sparse_ms = [], [], [], [], 0.0, 0.0
     with Profile.open(loaded.shipped_profile(profile_path)) as profile:
         dense_steps = loaded.dense_steps(dense_steps, profile.meta.num_steps)
@@ -47,7 +49,7 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
         for i, prompt in enumerate(prompts):
             settings = GenerationSettings(prompt=prompt, height=int(d["height"]), width=int(d["width"]),
                                           frames=int(d["frames"]), steps=profile.meta.num_steps, seed=seed + i,
-                                          guidance_scale=float(d["guidance_scale"]), threshold=threshold,
+                                          guidance_scale=guidance_scale, threshold=threshold,
                                           dense_steps=dense_steps, compile=compile)
             result = compare(loaded.pipe, loaded.adapter, settings, profile, progress, backend)
             report = result.report()
@@ -60,7 +62,7 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
     return {"dense": score_clips(dense, prompts, (0, 255)), "sparse": score_clips(sparse, prompts, (0, 255)),
             "psnr": float(np.mean(np.minimum(psnrs, 100.0))), "ssim": float(np.mean(ssims)),
             "speedup": dense_ms / max(sparse_ms, 1e-9), "threshold": threshold, "density": density,
-            "dense_steps": dense_steps, "compile": compile,
+            "dense_steps": dense_steps, "guidance_scale": guidance_scale, "compile": compile,
             "prompts": len(prompts), "dense_s": dense_ms / 1e3, "sparse_s": sparse_ms / 1e3,
             "device": device_name(device), "torch": torch.__version__}
 
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         writable_destination(args.json)
     results = evaluate(read_prompts(args.prompts), args.profile, args.threshold, args.model, args.seed, args.device,
-                       args.backend, args.dense_steps, args.compile)
+                       args.backend, args.dense_steps, args.compile, args.guidance_scale)
     for name in ("dense", "sparse"):
         print(f"{name:>6}: " + "  ".join(f"{k} {v:.0%}" for k, v in results[name].items()))
     print(f"sparse vs dense: PSNR {results['psnr']:.1f} dB, SSIM {results['ssim']:.3f}, "

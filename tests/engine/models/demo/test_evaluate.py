@@ -30,7 +30,8 @@ def short_profile(tmp_path_factory):
 def test_eval_prints_and_writes_the_documented_json(short_profile, tmp_path):
     profile, prompts = short_profile
     out = tmp_path / "eval.json"
-    result = run("eval", str(prompts), "--profile", str(profile), "--threshold", "0.95", "--json", str(out))
+    result = run("eval", str(prompts), "--profile", str(profile), "--threshold", "0.95", "--guidance-scale", "2.5",
+                 "--json", str(out))
     assert result.returncode == 0, result.stderr
     assert "dense:" in result.stdout and "PSNR" in result.stdout
     report = json.loads(out.read_text())
@@ -38,9 +39,25 @@ def test_eval_prints_and_writes_the_documented_json(short_profile, tmp_path):
     for name in ("dense", "sparse"):
         assert set(report[name]) == {"color", "shape", "direction"}
         assert all(0.0 <= v <= 1.0 for v in report[name].values())
-    assert report["threshold"] == 0.95 and 0.0 < report["density"] <= 1.0
+    assert report["threshold"] == 0.95 and 0.0 < report["density"] <= 1.0 and report["guidance_scale"] == 2.5
     assert report["speedup"] > 0 and -1.0 <= report["ssim"] <= 1.0 and report["psnr"] > 10
     assert report["device"].startswith("cpu:") and report["torch"]  # where the numbers were measured
+
+
+def test_eval_generates_at_the_asked_guidance_else_the_models(monkeypatch):
+    from calibstudio.engine.models.demo import evaluate as module
+
+    class Seen(Exception):
+        pass
+
+    def compare(pipe, adapter, settings, *rest):
+        raise Seen(settings.guidance_scale)
+
+    monkeypatch.setattr(module, "compare", compare)
+    for asked, used in ((2.5, 2.5), (None, module.load_model("demo", "cpu").defaults["guidance_scale"])):
+        with pytest.raises(Seen) as seen:
+            module.evaluate(["a red circle moves left on a blue background"], device="cpu", guidance_scale=asked)
+        assert seen.value.args == (used,)
 
 
 def test_eval_with_a_missing_prompt_file_is_one_clear_line(tmp_path):
