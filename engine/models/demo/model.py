@@ -38,7 +38,7 @@ TRANSFORMER_CONFIG: dict[str, Any] = {
 TEXT_CONFIG: dict[str, Any] = {"dim": 128, "layers": 2, "heads": 4}
 SCHEDULER_SHIFT = 2.0
 # Defaults of a freshly built model (training starts from them; an exported model's config.json carries
-# its own: the shipped v4 has 32 frames and 5 dense steps, see its model card).
+# its own: the shipped v4 has 32 frames, 5 dense steps and guidance 2, see its model card).
 # threshold: the retained-mass tau a shipped profile is meant for (at 0.99 and above v1's diffuse
 # attention kept so many blocks that every layer ran dense).
 # error_bound: calibration raises the tau of heads whose attention output is off by more than this
