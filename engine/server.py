@@ -170,10 +170,10 @@ class Server:
 
     def job_calibrate(self, command: Command, folder: Path) -> dict:
         from calibstudio.engine.calibrate import CalibrationSettings, calibrate
-        from calibstudio.engine.jobs_cli import read_prompts
+        from calibstudio.engine.jobs_cli import calibration_prompts
 
         args, model = command.args, self._model()
-        prompts = args.get("prompts") or read_prompts(None, model.prompts)
+        prompts = args.get("prompts") or calibration_prompts(model)
         settings = CalibrationSettings(**self._settings(args, model), bins=args.get("bins", 4),
                                        seed=args.get("seed", 0), block=args.get("block", 128),
                                        recommended_threshold=model.threshold(None),

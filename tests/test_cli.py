@@ -163,6 +163,29 @@ def test_jobs_run_the_models_dense_first_steps_unless_given():
     assert _generation(build_parser().parse_args([*compare, "--steps", "2"]), gated).dense_steps == 2
 
 
+def test_calibration_runs_on_as_many_bundled_prompts_as_the_shipped_profile_unless_told(tmp_path):
+    """The demo model's default calibration reproduces its shipped profile (2 prompts, minutes, not 6 prompts)."""
+    pytest.importorskip("diffusers")
+    from calibstudio.engine.jobs_cli import calibration_prompts, read_prompts
+    from calibstudio.engine.models.registry import WAN_DEFAULTS, LoadedModel, load_model
+
+    demo = load_model("demo", "cpu")
+    bundled = read_prompts(None, demo.prompts)
+    assert len(bundled) > 2 and calibration_prompts(demo) == bundled[:2]
+    assert demo.error_bound(None) is None, "the shipped profile has no error pass, nor does the default"
+    with Profile.open(demo.available_profile) as shipped:  # made by the default calibration, at today's defaults
+        recorded = shipped.meta.calibration
+    assert recorded["prompts"] == bundled[:2] and recorded["settings"]["error_bound"] is None
+    assert {k: recorded["settings"][k] for k in ("steps", "frames", "guidance_scale", "dense_steps")} == {
+        k: demo.defaults[k] for k in ("steps", "frames", "guidance_scale", "dense_steps")}
+    assert calibration_prompts(demo, limit=3) == bundled[:3]
+    mine = tmp_path / "prompts.txt"
+    mine.write_text("one\ntwo\nthree\n")
+    assert calibration_prompts(demo, str(mine)) == ["one", "two", "three"], "a file the user gives runs whole"
+    wan = LoadedModel(pipe=None, adapter=None, defaults=WAN_DEFAULTS)
+    assert calibration_prompts(wan) == read_prompts(None, wan.prompts)
+
+
 @pytest.mark.slow
 def test_calibrate_generate_compare_on_the_tiny_model(tmp_path):
     pytest.importorskip("diffusers")

@@ -278,14 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate = _job_parser(commands, "calibrate",
                             "calibrate a model: measure block attention mass and write a profile")
     calibrate.add_argument("--prompts", help="prompt file, one a line (default: the bundled set)")
-    calibrate.add_argument("--limit", type=int, help="use only the first N prompts")
+    calibrate.add_argument("--limit", type=int,
+                           help="use only the first N prompts (default: all of a --prompts file; of the bundled set, "
+                                "as many as the model's shipped profile used: 2 for the demo model)")
     calibrate.add_argument("--bins", type=int, default=4, help="step bins (default 4)")
     calibrate.add_argument("--block", type=int, default=128, help="block size in tokens (default 128)")
     calibrate.add_argument("--error-bound", type=float,
                            help="relative attention-output error a head may have: a second dense pass on the first "
                                 "--error-prompts prompts measures each head's error at thresholds 0.9-0.999 and "
-                                "raises the threshold of the heads that exceed it (default: the model's; the demo "
-                                "model has one, Wan none; 0 turns the pass off)")
+                                "raises the threshold of the heads that exceed it (default: the model's; off for the "
+                                "bundled demo model and Wan; 0 turns the pass off)")
     calibrate.add_argument("--error-prompts", type=int, default=2,
                            help="prompts the error pass runs, one dense generation each (default 2)")
     calibrate.add_argument("--out", required=True, help="profile to write (.safetensors)")

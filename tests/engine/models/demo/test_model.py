@@ -136,7 +136,8 @@ def test_a_trained_demo_folder_loads_as_a_model_with_its_own_defaults(demo, tmp_
     from calibstudio.engine.models.demo.folder import PROFILE, is_demo_folder
     from calibstudio.engine.models.demo.model import DemoAdapter
 
-    monkeypatch.setattr(demo.pipe, "defaults", {**demo.pipe.defaults, "threshold": 0.95})  # its own recommendation
+    # its own recommendation and error bound
+    monkeypatch.setattr(demo.pipe, "defaults", {**demo.pipe.defaults, "threshold": 0.95, "error_bound": 0.05})
     save_demo(demo.pipe, tmp_path)
     assert is_demo_folder(tmp_path) and size_rule(str(tmp_path)) is DEMO_RULE  # the studio checks sizes the same way
     loaded = load_model(str(tmp_path), "cpu")
