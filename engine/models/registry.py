@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from calibstudio.engine.cpu_allocator import keep_freed_memory
 from calibstudio.engine.models.base import ModelLoadError, VideoModelAdapter
 from calibstudio.engine.models.demo.folder import PROFILE, is_demo_folder
 from calibstudio.engine.models.wan import WanAdapter
@@ -76,6 +77,8 @@ DEFAULT_MODEL = "demo"
 def load_model(spec: str = DEFAULT_MODEL, device: str | None = None) -> LoadedModel:
     """Load ``spec`` (``demo``, a Wan or demo model folder, or ``tiny``) onto ``device`` (default: CUDA if present)."""
     device = device or default_device()
+    if torch.device(device).type == "cpu":
+        keep_freed_memory()
     if spec == "tiny":
         from calibstudio.engine.models.tiny import tiny_wan_pipeline
 
