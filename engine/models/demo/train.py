@@ -183,6 +183,7 @@ def train(args: argparse.Namespace) -> dict:
         initial = load_demo(init)  # one clear error for a wrong folder
         pipe.load_state_dict(initial.state_dict())
         state["frames"] = int(initial.defaults["frames"])
+        state["defaults"] = dict(initial.defaults)  # its guidance, threshold, calibration recipe: a resume keeps them
         state["init"] = {"folder": str(init), **json.loads((init / CONFIG).read_text()).get("training", {})}
         print(f"fine-tuning the model in {init}", flush=True)
     if resuming:
@@ -202,6 +203,7 @@ def train(args: argparse.Namespace) -> dict:
         state["frames"] = args.frames
     frames = state.setdefault("frames", scenes.DEFAULT_FRAMES)
     grid = DemoAdapter().token_grid(pipe, scenes.DEFAULT_HEIGHT, scenes.DEFAULT_WIDTH, frames)  # checks the length
+    pipe.defaults.update(state.get("defaults", {}))  # a fine-tune keeps the inference defaults of its --init
     pipe.defaults["frames"] = frames  # the exported model generates clips of the length it learned
     pipe.defaults["dense_steps"] = dense_steps_above(pipe, state.get("local_below", 1.0))  # ...and steps as it learned
     pipe.to(device)

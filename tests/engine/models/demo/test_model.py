@@ -119,8 +119,14 @@ def test_fine_tuning_starts_from_a_saved_model_and_records_it(tmp_path):
     tuned = load_demo(tmp_path / "demo_model")
     shipped = load_demo().state_dict()
     assert all(torch.equal(v, shipped[k]) for k, v in tuned.state_dict().items())  # lr 0: the shipped weights
-    card = json.loads((tmp_path / "demo_model" / "config.json").read_text())["training"]
-    assert card["init"]["step"] == json.loads((default_folder() / "config.json").read_text())["training"]["step"]
+    exported = json.loads((tmp_path / "demo_model" / "config.json").read_text())
+    shipped_config = json.loads((default_folder() / "config.json").read_text())
+    assert exported["training"]["init"]["step"] == shipped_config["training"]["step"]
+    # the inference defaults carry over (guidance, threshold, calibration recipe); dense steps follow the run's
+    # --local-below (none given: every level, so none dense)
+    kept = ("guidance_scale", "threshold", "error_bound", "calibration_prompts", "frames")
+    assert {k: exported["defaults"][k] for k in kept} == {k: shipped_config["defaults"][k] for k in kept}
+    assert exported["defaults"]["dense_steps"] == 0
 
 
 def test_fine_tuning_from_a_folder_without_a_model_is_one_clear_error(tmp_path, capsys):
