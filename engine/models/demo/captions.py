@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -301,12 +301,19 @@ def example(
     width: int = DEFAULT_WIDTH,
     paraphrase: bool = True,
     texture: float = 0.0,
+    motion_weights: Mapping[str, float] | None = None,
 ) -> tuple[np.ndarray, str, Scene]:
     """One (clip uint8 [F, H, W, 3], caption, scene) triple: what the training loop and eval consume.
 
     The scene, and so the clip, comes from ``sample_scene(rng, split, texture)``; the paraphrase from
-    the scene's own seed, so an example is reproducible from ``scene.seed`` alone.
+    the scene's own seed, so an example is reproducible from ``scene.seed`` alone. ``motion_weights``
+    (motion -> relative frequency, 1 where not named) draws some motions more often than others, by
+    rejection, so every accepted scene is still ``sample_scene(scene.seed, ...)``; it needs a Generator.
     """
     scene = sample_scene(rng, split, texture)
+    if motion_weights:
+        top = max(1.0, *motion_weights.values())
+        while rng.random() * top >= motion_weights.get(scene.motion, 1.0):
+            scene = sample_scene(rng, split, texture)
     text = caption(scene, np.random.default_rng([scene.seed, 1]) if paraphrase else None)
     return render(scene, frames, height, width), text, scene

@@ -58,16 +58,16 @@ class ProceduralClips(Dataset):
     """Example ``i`` = the clip and a paraphrased caption rendered from ``(seed, i)``."""
 
     def __init__(self, seed: int, vocab: list[str], length: int, split: str = "train", texture: float = 0.0,
-                 frames: int = scenes.DEFAULT_FRAMES) -> None:
+                 frames: int = scenes.DEFAULT_FRAMES, motion_weights: dict[str, float] | None = None) -> None:
         self.seed, self.vocab, self.length, self.split, self.texture = seed, vocab, length, split, texture
-        self.frames = frames
+        self.frames, self.motion_weights = frames, motion_weights
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         clip, text, _ = captions.example(np.random.default_rng([self.seed, i]), self.split, self.frames,
-                                         texture=self.texture)
+                                         texture=self.texture, motion_weights=self.motion_weights)
         return torch.from_numpy(clip), tokenize([text], self.vocab)[0]
 
 
@@ -176,7 +176,8 @@ def train(args: argparse.Namespace) -> dict:
     state = {"step": 0, "elapsed_s": 0.0, "seed": args.seed, "batch": args.batch, "steps": args.steps,
              "texture": args.texture, "locality": args.locality or 0.0, "consistency": args.consistency or 0.0,
              "locality_anchor": args.locality_anchor, "consistency_teacher": args.consistency_teacher,
-             "local_below": args.local_below if args.local_below is not None else 1.0}
+             "local_below": args.local_below if args.local_below is not None else 1.0,
+             "motion_weights": args.motion_weights or {}}
     resumed_at, resuming = 0, args.resume and state_file.is_file()
     if args.init and not resuming:
         init = Path(args.init)
@@ -193,7 +194,7 @@ def train(args: argparse.Namespace) -> dict:
         if args.frames is not None and args.frames != state.get("frames", scenes.DEFAULT_FRAMES):
             raise RunError(f"{out} trains {state.get('frames', scenes.DEFAULT_FRAMES)}-frame clips; resume it "
                              f"without --frames, or start a new run (--init) at {args.frames} frames")
-        for knob in ("locality", "consistency", "local_below"):  # a resumed run may tighten or relax its priors
+        for knob in ("locality", "consistency", "local_below", "motion_weights"):  # a resume may change its priors
             if getattr(args, knob) is not None:
                 state[knob] = getattr(args, knob)
         for flag in ("locality_anchor", "consistency_teacher"):  # switched on for good once given
@@ -215,7 +216,7 @@ def train(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.AdamW(modules.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     forward = torch.compile(pipe.transformer) if args.compile else pipe.transformer
     data = ProceduralClips(args.seed, pipe.vocab, args.steps * args.batch, texture=state.get("texture", 0.0),
-                           frames=frames)
+                           frames=frames, motion_weights=state.get("motion_weights"))
     loader = DataLoader(torch.utils.data.Subset(data, range(resumed_at * args.batch, len(data))),
                         batch_size=args.batch, num_workers=args.workers, pin_memory=device == "cuda",
                         drop_last=True, persistent_workers=args.workers > 0,
@@ -335,13 +336,28 @@ def train(args: argparse.Namespace) -> dict:
                 "texture": state.get("texture", 0.0), "locality": state.get("locality", 0.0),
                 "consistency": state.get("consistency", 0.0), "locality_anchor": state.get("locality_anchor", False),
                 "consistency_teacher": state.get("consistency_teacher", False),
-                "local_below": local_below, "device": device_name(device), "torch": torch.__version__}
+                "local_below": local_below, "motion_weights": state.get("motion_weights", {}),
+                "device": device_name(device), "torch": torch.__version__}
         if "init" in state:
             card["init"] = state["init"]
         save_demo(pipe, out / "demo_model", card)
     if log_file.is_file() and args.plot:
         _plot_loss(log_file, out / "loss.png")
     return result
+
+
+def _motion_weight(text: str) -> tuple[str, float]:
+    """``MOTION=W`` of ``--motion-weight``: a known motion and a positive weight."""
+    motion, _, weight = text.partition("=")
+    if motion not in scenes.MOTIONS:
+        raise argparse.ArgumentTypeError(f"unknown motion {motion!r}; one of {', '.join(scenes.MOTIONS)}")
+    try:
+        value = float(weight)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: the weight after '=' must be a positive number, e.g. {motion}=3")
+    return motion, value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -386,6 +402,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "noise level (sigma, 0..1) is below this: the noisiest steps, which decide the clip's layout "
                         "and motion, keep dense attention (sample with --dense-steps covering them); default 1: all "
                         "levels; a resumed run keeps its own unless given")
+    p.add_argument("--motion-weight", dest="motion_weights", action="append", type=_motion_weight,
+                   metavar="MOTION=W",
+                   help="draw training clips of MOTION W times as often as the others (repeatable; e.g. recolor=3 "
+                        f"to drill a weak motion; motions: {', '.join(scenes.MOTIONS)}); a resumed run keeps its own "
+                        "unless given")
     p.add_argument("--max-minutes", type=float, default=8.0, help="stop and checkpoint after this long")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--init", help="start from the weights of a saved demo model folder (fine-tune) instead of random")
@@ -397,6 +418,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export-partial", action="store_true", help="export and score even if --steps not reached")
     p.add_argument("--plot", action="store_true", help="draw loss.png from the log (needs PySide6/pyqtgraph)")
     args = p.parse_args(argv)
+    if args.motion_weights is not None:
+        args.motion_weights = dict(args.motion_weights)
     if args.frames is not None and (args.frames < 2 or args.frames % scenes.DEFAULT_PATCH[0]):
         p.error(f"--frames {args.frames}: the demo model's clips have a positive, even number of frames")
     if args.consistency and args.batch < 2:

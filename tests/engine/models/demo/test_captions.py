@@ -138,3 +138,13 @@ def test_example_is_reproducible():
     assert text == text2 and scene == scene2 and np.array_equal(clip, clip2)
     assert _attrs(parse_caption(text)) == _attrs(scene)
     assert not example(np.random.default_rng(3), "train")[2].held_out
+
+
+def test_motion_weights_draw_a_motion_more_often_and_keep_examples_reproducible():
+    rng = np.random.default_rng(5)
+    drawn = [example(rng, frames=2, motion_weights={"recolor": 4.0})[2] for _ in range(450)]
+    share = sum(s.motion == "recolor" for s in drawn) / len(drawn)
+    assert 0.25 < share < 0.45  # 4 / (4 + 8) = 1/3 of the clips; unweighted 1/9
+    assert not any(s.held_out for s in drawn)
+    _, text, scene = example(np.random.default_rng(6), frames=2, motion_weights={"up": 0.01})
+    assert example(scene.seed, frames=2)[1:] == (text, scene)  # an accepted scene is its own seed's scene

@@ -129,6 +129,20 @@ def test_fine_tuning_starts_from_a_saved_model_and_records_it(tmp_path):
     assert exported["defaults"]["dense_steps"] == 0
 
 
+def test_motion_weights_are_checked_on_the_command_line_and_recorded_by_the_run(tmp_path, capsys):
+    from calibstudio.engine.models.demo.train import parse_args, train
+
+    for bad in ("spin=2", "recolor=0", "recolor=x"):
+        with pytest.raises(SystemExit):
+            parse_args(["--motion-weight", bad])
+        assert "--motion-weight" in capsys.readouterr().err
+    args = parse_args(["--out", str(tmp_path), "--batch", "1", "--workers", "0", "--steps", "1", "--eval-clips", "0",
+                       "--motion-weight", "recolor=3", "--motion-weight", "up=1.5"])
+    train(args)
+    exported = json.loads((tmp_path / "demo_model" / "config.json").read_text())
+    assert exported["training"]["motion_weights"] == {"recolor": 3.0, "up": 1.5}
+
+
 def test_fine_tuning_from_a_folder_without_a_model_is_one_clear_error(tmp_path, capsys):
     from calibstudio.engine.models.demo.train import main
 
