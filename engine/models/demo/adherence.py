@@ -47,6 +47,7 @@ _GROW_RATIO = 1.5
 _MOVE_MIN = 0.12
 _BOUNCE_MIN = 0.10
 _SHAPE_FRAMES = 3
+ATTRIBUTES = ("color", "shape", "direction")  # what a caption is scored on, in report order
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,13 @@ class ClipReading:
     motion: str | None = None
     target_color: str | None = None
     background: str | None = None
+
+    def describe(self) -> str:
+        """What the clip shows in words, e.g. "purple circle, recolor to yellow, on black"."""
+        if not self.detected:
+            return "no one flat-coloured shape on a flat background"
+        motion = f"{self.motion} to {self.target_color}" if self.target_color else self.motion
+        return f"{self.color} {self.shape}, {motion}, on {self.background}"
 
 
 @dataclass(frozen=True)
@@ -264,12 +272,10 @@ def score_clips(
     """Per-attribute prompt adherence over a set of clips: {"color", "shape", "direction"} as fractions."""
     if len(clips) != len(captions):
         raise ValueError(f"{len(clips)} clips but {len(captions)} captions")
-    if len(captions) == 0:
-        return {"color": 0.0, "shape": 0.0, "direction": 0.0}
-    results = [check_clip(clip, text, value_range) for clip, text in zip(clips, captions, strict=True)]
-    n = float(len(results))
-    return {
-        "color": sum(r.color_ok for r in results) / n,
-        "shape": sum(r.shape_ok for r in results) / n,
-        "direction": sum(r.direction_ok for r in results) / n,
-    }
+    return summarise([check_clip(clip, text, value_range) for clip, text in zip(clips, captions, strict=True)])
+
+
+def summarise(results: Sequence[Adherence]) -> dict[str, float]:
+    """The fraction of clips that adhere, per attribute: {"color", "shape", "direction"} (0 for none)."""
+    n = float(max(len(results), 1))
+    return {k: sum(getattr(r, f"{k}_ok") for r in results) / n for k in ATTRIBUTES}

@@ -42,6 +42,26 @@ def test_eval_prints_and_writes_the_documented_json(short_profile, tmp_path):
     assert report["threshold"] == 0.95 and 0.0 < report["density"] <= 1.0 and report["guidance_scale"] == 2.5
     assert report["speedup"] > 0 and -1.0 <= report["ssim"] <= 1.0 and report["psnr"] > 10
     assert report["device"].startswith("cpu:") and report["torch"]  # where the numbers were measured
+    (row,) = report["per_prompt"]  # each caption's verdicts and what the checker read, to look at a miss
+    assert row["prompt"] == prompts.read_text().strip() and row["seed"] == 0
+    for name in ("dense", "sparse"):
+        assert report[name] == {k: float(row[name][k]) for k in ("color", "shape", "direction")}
+        assert isinstance(row[name]["read"], str) and row[name]["read"]
+
+
+def test_eval_lists_each_miss_with_what_the_clip_shows():
+    from calibstudio.engine.models.demo.adherence import check_clip
+    from calibstudio.engine.models.demo.captions import example
+    from calibstudio.engine.models.demo.evaluate import _verdicts, misses
+
+    clip, text, _ = example(3)  # a rendered clip adheres to its own caption, not to another one
+    wrong = "a red circle changes colour to blue on a gray background"
+    hit, miss = _verdicts(check_clip(clip, text, (0, 255))), _verdicts(check_clip(clip, wrong, (0, 255)))
+    results = {"per_prompt": [{"prompt": text, "dense": hit, "sparse": hit},
+                              {"prompt": wrong, "dense": hit, "sparse": miss}]}
+    (line,) = misses(results)
+    assert line.startswith("sparse missed") and wrong in line and line.endswith(f"shows {miss['read']}")
+    assert "direction" in line and all(hit[k] for k in ("color", "shape", "direction"))
 
 
 def test_eval_generates_at_the_asked_guidance_else_the_models(monkeypatch):
