@@ -60,8 +60,8 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
             dense.append(check_clip(result.dense.frames, prompt, (0, 255)))
             sparse.append(check_clip(result.sparse.frames, prompt, (0, 255)))
             per_prompt.append({"prompt": prompt, "seed": settings.seed, "psnr": min(float(report["psnr"]), 100.0),
-                               "ssim": float(report["ssim"]), "dense": _verdicts(dense[-1]),
-                               "sparse": _verdicts(sparse[-1])})
+                               "ssim": float(report["ssim"]), "dense": clip_verdicts(dense[-1]),
+                               "sparse": clip_verdicts(sparse[-1])})
             dense_ms += sum(result.dense.step_ms)
             sparse_ms += sum(result.sparse.step_ms)
     psnrs, ssims = ([row[key] for row in per_prompt] for key in ("psnr", "ssim"))
@@ -73,7 +73,8 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
             "device": device_name(device), "torch": torch.__version__, "per_prompt": per_prompt}
 
 
-def _verdicts(adherence: Adherence) -> dict[str, Any]:
+def clip_verdicts(adherence: Adherence) -> dict[str, Any]:
+    """A clip's entry in ``per_prompt``: True/False per attribute and what the checker read."""
     return {**{k: getattr(adherence, f"{k}_ok") for k in ATTRIBUTES}, "read": adherence.reading.describe()}
 
 

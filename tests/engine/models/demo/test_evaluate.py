@@ -52,11 +52,11 @@ def test_eval_prints_and_writes_the_documented_json(short_profile, tmp_path):
 def test_eval_lists_each_miss_with_what_the_clip_shows():
     from calibstudio.engine.models.demo.adherence import check_clip
     from calibstudio.engine.models.demo.captions import example
-    from calibstudio.engine.models.demo.evaluate import _verdicts, misses
+    from calibstudio.engine.models.demo.evaluate import clip_verdicts, misses
 
     clip, text, _ = example(3)  # a rendered clip adheres to its own caption, not to another one
     wrong = "a red circle changes colour to blue on a gray background"
-    hit, miss = _verdicts(check_clip(clip, text, (0, 255))), _verdicts(check_clip(clip, wrong, (0, 255)))
+    hit, miss = clip_verdicts(check_clip(clip, text, (0, 255))), clip_verdicts(check_clip(clip, wrong, (0, 255)))
     results = {"per_prompt": [{"prompt": text, "dense": hit, "sparse": hit},
                               {"prompt": wrong, "dense": hit, "sparse": miss}]}
     (line,) = misses(results)
