@@ -89,9 +89,9 @@ class Server:
             job = command.args["job"]
             if self._job_id != job or not self.busy:
                 self.send(command.fail("no_such_job", f"no running job {job!r}; nothing to cancel"))
-            else:
-                self._progress.cancel()
+            else:  # answer first: the job's own "cancelled" and error events then always follow the answer
                 self.send(command.reply({"cancelling": job}))
+                self._progress.cancel()
         elif command.name == "get_mask":
             self.send_mask(command)
         elif command.name in JOBS:

@@ -75,6 +75,8 @@ def test_cancel_stops_a_job_within_a_step_and_leaves_nothing(engine, tmp_path):
     engine.send({"cmd": "cancel", "id": "stop", "job": "cal"})
     events = engine.until(lambda e: e["event"] == "error" and e.get("id") == "cal")
     assert {"v": 1, "event": "cancelled", "job": "cal"} in events
+    answer = [i for i, e in enumerate(events) if e.get("id") == "stop" and e.get("payload") == {"cancelling": "cal"}]
+    assert answer and answer[0] < [e["event"] for e in events].index("cancelled")  # answered before the job ends
     steps = [e["step"] for e in events if e["event"] == "progress"]
     assert len(steps) <= 2, "the job stops at the next step boundary"
     assert events[-1]["code"] == "cancelled"
