@@ -117,22 +117,16 @@ class DemoPipeline:
         return self.text_encoder(ids)
 
 
-def widen_inputs(state: dict[str, torch.Tensor], in_channels: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A model's weights for a transformer that reads more input channels: the patch embedding gets random
-    weights for them, at the scale of its existing ones (reproducible from ``seed``).
-
-    Not zeros: zero weights (session 18) stayed unused through a fine-tune — while nothing downstream reads
-    a feature, its weights' gradient averages out over captions — so the network must see the new channels
-    from the first step to learn to use them. The colour channels keep their weights.
-    """
+def widen_inputs(state: dict[str, torch.Tensor], in_channels: int) -> dict[str, torch.Tensor]:
+    """A model's weights for a transformer that reads more input channels: the patch embedding gets zero
+    weights for them, so the widened model predicts exactly what the original did until training uses them."""
     key = "transformer.patch_embedding.weight"
     weight = state[key]
     missing = in_channels - weight.shape[1]
     if missing <= 0:
         return state
-    generator = torch.Generator().manual_seed(seed)
-    extra = torch.randn(weight.shape[0], missing, *weight.shape[2:], generator=generator) * weight.float().std()
-    return {**state, key: torch.cat([weight, extra.to(weight.dtype)], dim=1)}
+    zeros = weight.new_zeros(weight.shape[0], missing, *weight.shape[2:])
+    return {**state, key: torch.cat([weight, zeros], dim=1)}
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:

@@ -183,7 +183,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.init and not resuming:
         init = Path(args.init)
         initial = load_demo(init)  # one clear error for a wrong folder
-        pipe.load_state_dict(widen_inputs(initial.state_dict(), pipe.transformer.config.in_channels, args.seed))
+        pipe.load_state_dict(widen_inputs(initial.state_dict(), pipe.transformer.config.in_channels))
         state["frames"] = int(initial.defaults["frames"])
         state["defaults"] = dict(initial.defaults)  # its guidance, threshold, calibration recipe: a resume keeps them
         state["init"] = {"folder": str(init), **json.loads((init / CONFIG).read_text()).get("training", {})}
