@@ -30,14 +30,9 @@ from calibstudio.engine.models.demo.folder import CONFIG, NAME, WEIGHTS
 from calibstudio.engine.models.demo.text import WordEncoder, grammar_vocabulary, tokenize
 from calibstudio.engine.models.wan import WanAdapter
 
-# Coordinate channels after the 3 colour channels: the frame's, row's and column's place in the clip, -1..1.
-# Wan's RoPE tells a token only how far other tokens are, not where it is itself; a clip whose object must
-# start at the bottom, or change colour at mid-clip, needs the latter, and local attention cannot infer it.
-CLOCK_CHANNELS = 3
 TRANSFORMER_CONFIG: dict[str, Any] = {
     "patch_size": list(scenes.DEFAULT_PATCH), "num_attention_heads": 4, "attention_head_dim": 64,
-    "in_channels": 3 + CLOCK_CHANNELS, "out_channels": 3, "text_dim": 128, "freq_dim": 128, "ffn_dim": 1024,
-    "num_layers": 6,
+    "in_channels": 3, "out_channels": 3, "text_dim": 128, "freq_dim": 128, "ffn_dim": 1024, "num_layers": 6,
     "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 64,
 }
 TEXT_CONFIG: dict[str, Any] = {"dim": 128, "layers": 2, "heads": 4}
@@ -97,36 +92,10 @@ class DemoPipeline:
             part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             module.load_state_dict(part, strict=True)
 
-    def model_input(self, latents: torch.Tensor) -> torch.Tensor:
-        """What the transformer reads for pixel latents ``[B, 3, F, H, W]``: with the coordinate channels
-        (``CLOCK_CHANNELS``) where it was built with them; models from before them take the pixels alone."""
-        extra = self.transformer.config.in_channels - latents.shape[1]
-        if extra == 0:
-            return latents
-        if extra != CLOCK_CHANNELS:
-            raise ValueError(f"the transformer reads {self.transformer.config.in_channels} channels; pixel latents "
-                             f"have {latents.shape[1]} and the clock adds {CLOCK_CHANNELS}")
-        b, _, f, h, w = latents.shape
-        axes = (torch.linspace(-1.0, 1.0, n, device=latents.device, dtype=latents.dtype) for n in (f, h, w))
-        clock = torch.stack(torch.meshgrid(*axes, indexing="ij"))
-        return torch.cat([latents, clock.expand(b, -1, -1, -1, -1)], dim=1)
-
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         ids = tokenize(texts, self.vocab).to(self._execution_device)
         return self.text_encoder(ids)
-
-
-def widen_inputs(state: dict[str, torch.Tensor], in_channels: int) -> dict[str, torch.Tensor]:
-    """A model's weights for a transformer that reads more input channels: the patch embedding gets zero
-    weights for them, so the widened model predicts exactly what the original did until training uses them."""
-    key = "transformer.patch_embedding.weight"
-    weight = state[key]
-    missing = in_channels - weight.shape[1]
-    if missing <= 0:
-        return state
-    zeros = weight.new_zeros(weight.shape[0], missing, *weight.shape[2:])
-    return {**state, key: torch.cat([weight, zeros], dim=1)}
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -142,8 +111,7 @@ def save_demo(pipe: DemoPipeline, folder: str | Path, card: dict[str, Any] | Non
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(pipe.state_dict(), folder / WEIGHTS)
-    transformer = {k: pipe.transformer.config[k] for k in TRANSFORMER_CONFIG}
-    config = {"name": NAME, "transformer": transformer, "text_encoder": TEXT_CONFIG, "vocab": pipe.vocab,
+    config = {"name": NAME, "transformer": TRANSFORMER_CONFIG, "text_encoder": TEXT_CONFIG, "vocab": pipe.vocab,
               "scheduler_shift": SCHEDULER_SHIFT, "defaults": pipe.defaults, "training": card or {}}
     atomic_write(folder / CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
     return folder
@@ -206,9 +174,6 @@ class DemoAdapter(WanAdapter):
         generator = torch.Generator("cpu").manual_seed(seed)
         noise = torch.randn(1, 3, frames, height, width, generator=generator)
         return noise.to(pipe._execution_device)
-
-    def predict(self, pipe: Any, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-        return super().predict(pipe, pipe.model_input(latents), t, embeds)
 
     def decode(self, pipe: Any, latents: torch.Tensor) -> np.ndarray:
         return clip_to_uint8(latents)

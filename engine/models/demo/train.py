@@ -43,7 +43,6 @@ from calibstudio.engine.models.demo.model import (
     load_demo,
     save_demo,
     save_weights,
-    widen_inputs,
 )
 from calibstudio.engine.models.demo.text import UNK, tokenize
 from calibstudio.engine.trajectory import Trajectory
@@ -183,7 +182,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.init and not resuming:
         init = Path(args.init)
         initial = load_demo(init)  # one clear error for a wrong folder
-        pipe.load_state_dict(widen_inputs(initial.state_dict(), pipe.transformer.config.in_channels))
+        pipe.load_state_dict(initial.state_dict())
         state["frames"] = int(initial.defaults["frames"])
         state["defaults"] = dict(initial.defaults)  # its guidance, threshold, calibration recipe: a resume keeps them
         state["init"] = {"folder": str(init), **json.loads((init / CONFIG).read_text()).get("training", {})}
@@ -271,8 +270,8 @@ def train(args: argparse.Namespace) -> dict:
                 group["lr"] = lr_at(step, args, resumed_at)
             with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
                 embeds = pipe.text_encoder(ids)
-                velocity = forward(hidden_states=pipe.model_input(noisy), timestep=sigma * 1000,
-                                   encoder_hidden_states=embeds, return_dict=False)[0]
+                velocity = forward(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=embeds,
+                                   return_dict=False)[0]
             # every dense row counts; a windowed twin only at a noise level whose steps may run sparse
             rows = sparse_rows.new_ones(b)
             if consistency:

@@ -8,21 +8,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from diffusers import WanTransformer3DModel
 
 from calibstudio.app.cost_model import estimate
 from calibstudio.engine.models.base import ModelLoadError
 from calibstudio.engine.models.demo.adherence import check_clip
 from calibstudio.engine.models.demo.folder import CONFIG, WEIGHTS
-from calibstudio.engine.models.demo.model import (
-    TRANSFORMER_CONFIG,
-    DemoAdapter,
-    DemoPipeline,
-    default_folder,
-    load_demo,
-    save_demo,
-    widen_inputs,
-)
+from calibstudio.engine.models.demo.model import DemoAdapter, default_folder, load_demo, save_demo
 from calibstudio.engine.models.demo.text import UNK, WordEncoder, grammar_vocabulary, tokenize
 from calibstudio.engine.models.registry import load_model
 from calibstudio.engine.profile import Profile
@@ -103,32 +94,6 @@ def test_preview_is_the_middle_frame_in_true_colour(demo):
     latents[:, 2, 8] = 1.0  # frame 8 pure blue
     image = DemoAdapter().preview(latents)
     assert image.shape == (64, 64, 3) and (image[..., 2] == 255).all() and (image[..., 0] == 0).all()
-
-
-def test_the_transformer_reads_where_and_when_each_pixel_is():
-    pipe = DemoPipeline.fresh()
-    latents = torch.randn(2, 3, 4, 8, 16)
-    seen = pipe.model_input(latents)
-    assert seen.shape == (2, 6, 4, 8, 16) and torch.equal(seen[:, :3], latents)
-    frame, row, column = seen[0, 3], seen[0, 4], seen[0, 5]
-    assert frame[0].eq(-1).all() and frame[-1].eq(1).all() and abs(float(frame[1, 0, 0]) + 1 / 3) < 1e-6
-    assert row[:, 0].eq(-1).all() and row[:, -1].eq(1).all() and column[..., 0].eq(-1).all()
-    assert column[..., -1].eq(1).all() and torch.equal(seen[0, 3:], seen[1, 3:])
-
-
-def test_a_model_from_before_the_clock_is_widened_without_changing_its_predictions():
-    vocab = grammar_vocabulary()
-    torch.manual_seed(0)
-    narrow = WanTransformer3DModel(**{**TRANSFORMER_CONFIG, "in_channels": 3})
-    old = DemoPipeline(narrow, WordEncoder(len(vocab)), vocab)
-    new = DemoPipeline.fresh()
-    new.load_state_dict(widen_inputs(old.state_dict(), new.transformer.config.in_channels))
-    latents, t, embeds = torch.randn(1, 3, 2, 16, 16), torch.tensor([500.0]), old.encode_text(["a red circle"])
-    assert old.model_input(latents) is latents  # a 3-channel model reads the pixels alone
-    with torch.no_grad():
-        before = DemoAdapter().predict(old, latents, t, embeds)
-        after = DemoAdapter().predict(new, latents, t, embeds)
-    assert torch.allclose(before, after, atol=1e-5)
 
 
 def test_training_checkpoints_resumes_and_exports_a_loadable_model(tmp_path):
