@@ -365,7 +365,9 @@ def _fmt_row(r: dict[str, Any]) -> str:
 def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
     from calibstudio.engine.cpu_allocator import keep_freed_memory
 
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
     # Under the allocator setting every CPU job runs with (models.registry.load_model): without it, each
     # fresh multi-MB buffer page-faults, which is not what the engine pays.
     allocator = "freed memory kept (engine setting)" if keep_freed_memory() else "default"
@@ -397,7 +399,7 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
                        "ms_ours": t["sparse"]["ms"], "ms_cpu": t["sparse"]["ms"], "ms_sdpa_dense": t["dense"]["ms"],
                        "speedup": t["dense"]["ms"] / t["sparse"]["ms"],
                        "ms_triton": None, "ms_fa4": None, "ms_flex": None, "ms_cudnn_dense": None,
-                       "ms_fa4_dense": None, "threads": args.threads}
+                       "ms_fa4_dense": None, "threads": threads}
                 rows.append(row)
                 _log(f"S={S} H={H} {fam:6s} d={row['density']:.3f}: cpu {row['ms_ours']:.1f} ms, "
                      f"dense sdpa {row['ms_sdpa_dense']:.1f} ms, speedup {row['speedup']:.2f}x")
@@ -415,7 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--masks", default="random,video")
     p.add_argument("--heads", type=int, default=40)
     p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (the CPU benchmark)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (the CPU benchmark; default: torch's own count, as jobs run. Setting it, "
+                        "even to that count, slowed both sides here: dense 8%%, sparse 19%%, 2-core CPU)")
     p.add_argument("--rounds", type=int, default=6,
                    help="rounds of the side-by-side timing: every backend of a row, dense baselines included, is "
                         "timed once per round, rounds in a balanced order (default 6: a full Williams square for "
@@ -433,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run_gpu(args) if gpu else run_cpu(args)
     import triton
 
+    from calibstudio.engine.atomic import atomic_write
     from calibstudio.engine.machine import device_name  # the one wording of a device in our JSON
 
     doc = {
@@ -453,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     doc.update(res)
     out = Path(args.out or f"docs/benchmarks/kernels-{_gpu_name() if gpu else 'cpu'}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+    text = json.dumps(doc, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x)
+    atomic_write(out, lambda tmp: tmp.write_text(text))  # an interrupted run leaves the last record whole
     _log(f"wrote {out}")
     if gpu:
         _log("\n" + "\n".join(_fmt_row(r) for r in res["rows"]))
