@@ -3,8 +3,9 @@
 Query blocks of all heads are grouped by how many key blocks they keep; each group gathers its kept
 K/V blocks into one contiguous batch and runs one batched SDPA call on it (two batched matmuls with a
 stable softmax in between where the row LSE is asked for). Grouping across heads (not head by head)
-gives fewer, larger calls: 2.0-2.5x over dense SDPA at density 0.25 on the demo model's shape
-(2 cores; docs/benchmarks/kernels-cpu.json) where the per-head loop reached 2.2x at best.
+gives fewer, larger calls: at density 0.25, 2.75x over dense SDPA at the demo model's shape (4096
+tokens, 4 heads) and 2.4-2.9x at the other demo-like shapes (2 cores; docs/benchmarks/kernels-cpu.json),
+where the per-head loop reached 2.2x at best.
 Work and memory are proportional to the kept blocks, not to S^2.
 """
 
@@ -19,8 +20,10 @@ from .layout import BlockLayout
 
 __all__ = ["cpu_sparse_attention"]
 
-# Keys gathered per chunk: keeps the gathered K/V of one chunk in cache.
-_CHUNK_KEYS = 4096
+# Keys gathered per chunk: few large SDPA calls spread over the cores better than many small ones (the
+# chunk of 4096 keys once meant to stay in cache was 4-22% slower on 2 cores with freed memory kept, as
+# jobs run); the bound keeps each gather buffer at 16 MB for D=64 (past it: no faster at the demo shapes).
+_CHUNK_KEYS = 65536
 # Query x key scores per call for rows that keep every key block (bounds the LSE path's score matrix).
 _SCORES = 1 << 24
 
@@ -92,7 +95,7 @@ def cpu_sparse_attention(
     order = torch.argsort(group, stable=True)
     uniq, sizes = torch.unique_consecutive(group[order], return_counts=True)
     order = order.to(q.device)
-    # Reused gather buffers (sized to stay in cache): fresh large allocations page-fault.
+    # Gather buffers reused across the chunks of a call.
     cap = max(_CHUNK_KEYS, layout.max_k * bk)
     kbuf = torch.empty(cap * D, dtype=cdt, device=q.device)
     vbuf = torch.empty(cap * D, dtype=cdt, device=q.device)
