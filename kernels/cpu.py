@@ -30,10 +30,8 @@ _SCORES = 1 << 24
 
 def _blocks(x: torch.Tensor, n: int, block: int, dtype: torch.dtype) -> torch.Tensor:
     """(B, S, H, D) -> (B, H*n, block, D), zero-padded to whole blocks: one copy, after which gathering a
-    (head, block) is one contiguous row copy, for every head at once.
-
-    The copy is a 4-D transpose into (B, H, n*block, D): 2.4x faster on the CPU than the same permutation
-    written over the 5-D block view (0.19 vs 0.45 ms at S=4096, H=4, D=64)."""
+    (head, block) is one contiguous row copy, for every head at once. A partial last block is zeroed in
+    place, so padding costs no second copy (S=3120)."""
     B, S, H, D = x.shape
     blocks = torch.empty(B, H, n * block, D, dtype=dtype, device=x.device)
     if S == n * block:
