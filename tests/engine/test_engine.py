@@ -23,6 +23,7 @@ from calibstudio.engine.models.tiny import save_tiny_wan, tiny_wan_pipeline  # n
 from calibstudio.engine.models.wan import WanAdapter, load_wan  # noqa: E402
 from calibstudio.engine.profile import Profile, ProfileMeta, ProfileWriter  # noqa: E402
 from calibstudio.engine.progress import Cancelled, Progress  # noqa: E402
+from calibstudio.kernels.attention import DENSE_ABOVE  # noqa: E402
 
 SIZE = {"height": 64, "width": 128, "frames": 9}  # 3 x 4 x 8 = 96 video tokens
 STEPS = 3
@@ -103,7 +104,7 @@ def test_layers_too_dense_to_gain_run_dense(pipe, adapter, calibrated, tmp_path)
     torch.testing.assert_close(hook.attend(0, q, q, q), dense_attention(q, q, q))
     sparse = AttentionHook(adapter, pipe.transformer, mode="sparse", profile=calibrated, threshold=0.9)
     density = float(calibrated.mask(0, 0, 0.9).mean())
-    assert (sparse.layout(0, 0, torch.device("cpu")) is None) == (density > 0.6)
+    assert (sparse.layout(0, 0, torch.device("cpu")) is None) == (density > DENSE_ABOVE["cpu"])
 
 
 def test_hook_removal_restores_the_processors(pipe, adapter, calibrated):
