@@ -86,10 +86,9 @@ def cpu_sparse_attention(
     # slower). Rows are grouped by (count, shortened) so each group's runs have one length.
     counts = layout.kv_count.reshape(-1).long()
     index = layout.kv_index.reshape(H * nq, -1).long()
-    group = counts * 2 + (index[:, -1] == nk - 1) if tail else counts * 2
+    group = (counts * 2 + (index[:, -1] == nk - 1) if tail else counts * 2).cpu()
     head_base = torch.arange(H, device=q.device).repeat_interleave(nq)[:, None] * nk
     kv_rows = index + head_base
-    group = group.cpu()
     order = torch.argsort(group, stable=True)
     uniq, sizes = torch.unique_consecutive(group[order], return_counts=True)
     order = order.to(q.device)
