@@ -1,7 +1,7 @@
 """The bundled demo model: a small pixel-space ``WanTransformer3DModel``, its word encoder, and its adapter.
 
-Pixel space, no VAE: clips are 16 RGB frames of 64x64 in [-1, 1]; a (2, 4, 4) patch makes 2048
-video tokens. A VAE would have to be trained and shipped too, would cost a decode per clip and
+Pixel space, no VAE: clips are RGB frames of 64x64 in [-1, 1] (32 in the shipped model); a (2, 4, 4)
+patch makes 4096 video tokens of 32 frames. A VAE would have to be trained and shipped too, would cost a decode per clip and
 per preview, and would shrink the token count below what makes attention sparsity real; the
 shapes are flat colours, which a pixel model learns quickly. Because it is a Wan transformer,
 the same adapter code (self-attention processor, hook, prediction) serves Wan and the demo model.
@@ -68,11 +68,40 @@ class DemoPipeline:
         self.name_or_path = name_or_path
 
     @classmethod
-    def fresh(cls, seed: int = 0) -> DemoPipeline:
-        """Randomly initialised (the start of training)."""
+    def fresh(cls, seed: int = 0, layers: int = TRANSFORMER_CONFIG["num_layers"]) -> DemoPipeline:
+        """Randomly initialised (the start of training), with ``layers`` transformer blocks."""
         torch.manual_seed(seed)
         vocab = grammar_vocabulary()
-        return cls(WanTransformer3DModel(**TRANSFORMER_CONFIG), WordEncoder(len(vocab), **TEXT_CONFIG), vocab)
+        transformer = WanTransformer3DModel(**{**TRANSFORMER_CONFIG, "num_layers": layers})
+        return cls(transformer, WordEncoder(len(vocab), **TEXT_CONFIG), vocab)
+
+    def deepen(self, layers: int, seed: int = 0) -> None:
+        """Grow the transformer to ``layers`` blocks without changing what it predicts, so a trained model
+        can gain capacity and keep training (``train --init ... --layers N``) instead of starting over.
+
+        The new blocks (spread evenly between the old ones) start with zero output projections: their
+        attention and FFN add nothing until training moves those weights, which their gradient does at
+        once (it is the block's input, not zero). The old blocks and every other weight are kept.
+        """
+        old = self.transformer
+        have = old.config.num_layers
+        if layers < have:
+            raise ValueError(f"the model has {have} blocks; it can only grow (asked for {layers})")
+        torch.manual_seed(seed)
+        grown = WanTransformer3DModel(**{**transformer_config(old), "num_layers": layers}).to(old.device)
+        # Old block i goes to place round(i * layers / have): 6 -> 8 puts new blocks at 2 and 6.
+        places = {round(i * layers / have): i for i in range(have)}
+        state = {k: v for k, v in old.state_dict().items() if not k.startswith("blocks.")}
+        for place, block in enumerate(grown.blocks):
+            if place in places:
+                state.update({f"blocks.{place}.{k}": v for k, v in old.blocks[places[place]].state_dict().items()})
+                continue
+            for out in (block.attn1.to_out[0], block.attn2.to_out[0], block.ffn.net[2]):
+                torch.nn.init.zeros_(out.weight)
+                torch.nn.init.zeros_(out.bias)
+            state.update({f"blocks.{place}.{k}": v for k, v in block.state_dict().items()})
+        grown.load_state_dict(state, strict=True)
+        self.transformer = grown.train(old.training)
 
     @property
     def _execution_device(self) -> torch.device:
@@ -98,6 +127,12 @@ class DemoPipeline:
         return self.text_encoder(ids)
 
 
+def transformer_config(transformer: WanTransformer3DModel) -> dict[str, Any]:
+    """The transformer's own settings under the keys of :data:`TRANSFORMER_CONFIG` (what config.json holds)."""
+    config = transformer.config
+    return {k: list(config[k]) if isinstance(config[k], tuple) else config[k] for k in TRANSFORMER_CONFIG}
+
+
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
     """``state`` as one fp16 safetensors file, written atomically (shipped weights and training checkpoints)."""
     from safetensors.torch import save_file
@@ -111,7 +146,8 @@ def save_demo(pipe: DemoPipeline, folder: str | Path, card: dict[str, Any] | Non
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(pipe.state_dict(), folder / WEIGHTS)
-    config = {"name": NAME, "transformer": TRANSFORMER_CONFIG, "text_encoder": TEXT_CONFIG, "vocab": pipe.vocab,
+    config = {"name": NAME, "transformer": transformer_config(pipe.transformer), "text_encoder": TEXT_CONFIG,
+              "vocab": pipe.vocab,
               "scheduler_shift": SCHEDULER_SHIFT, "defaults": pipe.defaults, "training": card or {}}
     atomic_write(folder / CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
     return folder

@@ -37,6 +37,7 @@ from calibstudio.engine.models.demo.adherence import score_clips
 from calibstudio.engine.models.demo.locality import LocalityPenalty
 from calibstudio.engine.models.demo.model import (
     CONFIG,
+    TRANSFORMER_CONFIG,
     DemoAdapter,
     DemoPipeline,
     clip_to_latents,
@@ -171,18 +172,34 @@ def train(args: argparse.Namespace) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = DemoPipeline.fresh(args.seed)
     state_file, log_file = out / "state.json", out / "train_log.jsonl"
+    resumed_at, resuming = 0, args.resume and state_file.is_file()
+    initial = load_demo(args.init) if args.init and not resuming else None  # one clear error for a wrong folder
+    if resuming:
+        layers = json.loads(state_file.read_text()).get("layers", TRANSFORMER_CONFIG["num_layers"])
+        if args.layers is not None and args.layers != layers:
+            raise RunError(f"{out} trains a model of {layers} blocks; resume it without --layers, or start a new run "
+                           f"(--init {out / 'demo_model'} --layers {args.layers})")
+    elif initial is not None:
+        layers = initial.transformer.config.num_layers
+    else:
+        layers = args.layers or TRANSFORMER_CONFIG["num_layers"]
+    pipe = DemoPipeline.fresh(args.seed, layers)
     state = {"step": 0, "elapsed_s": 0.0, "seed": args.seed, "batch": args.batch, "steps": args.steps,
              "texture": args.texture, "locality": args.locality or 0.0, "consistency": args.consistency or 0.0,
              "locality_anchor": args.locality_anchor, "consistency_teacher": args.consistency_teacher,
              "local_below": args.local_below if args.local_below is not None else 1.0,
-             "motion_weights": args.motion_weights or {}}
-    resumed_at, resuming = 0, args.resume and state_file.is_file()
-    if args.init and not resuming:
+             "motion_weights": args.motion_weights or {}, "layers": layers}
+    if initial is not None:
         init = Path(args.init)
-        initial = load_demo(init)  # one clear error for a wrong folder
         pipe.load_state_dict(initial.state_dict())
+        if args.layers is not None and args.layers != layers:
+            try:
+                pipe.deepen(args.layers, seed=args.seed)
+            except ValueError as error:
+                raise RunError(f"--layers {args.layers}: {error}") from None
+            state["layers"] = args.layers
+            print(f"grown from {layers} to {args.layers} blocks", flush=True)
         state["frames"] = int(initial.defaults["frames"])
         state["defaults"] = dict(initial.defaults)  # its guidance, threshold, calibration recipe: a resume keeps them
         state["init"] = {"folder": str(init), **json.loads((init / CONFIG).read_text()).get("training", {})}
@@ -375,6 +392,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", type=int,
                    help="clip length to train on (even; default: the --init model's, else 16); a longer clip makes "
                         "attention a larger share of a step, so a sparse step saves more; a resumed run keeps its own")
+    p.add_argument("--layers", type=int,
+                   help="transformer blocks (default: the --init model's, else 6); with --init, more than it has "
+                        "grows the model (new blocks start as identities: same predictions at step 0, more "
+                        "capacity after); a resumed run keeps its own")
     p.add_argument("--texture", type=float, default=0.0,
                    help="peak strength (0..24, colour units) of panning background patterns; 0: plain backgrounds "
                         "as the shipped model; a resumed run keeps its own")
@@ -422,6 +443,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.motion_weights = dict(args.motion_weights)
     if args.frames is not None and (args.frames < 2 or args.frames % scenes.DEFAULT_PATCH[0]):
         p.error(f"--frames {args.frames}: the demo model's clips have a positive, even number of frames")
+    if args.layers is not None and args.layers < 1:
+        p.error(f"--layers {args.layers}: a model needs at least one block")
     if args.consistency and args.batch < 2:
         p.error("--consistency trains each example twice in one batch: it needs --batch 2 or more")
     return args

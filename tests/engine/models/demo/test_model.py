@@ -183,3 +183,47 @@ def test_training_at_another_clip_length_exports_a_model_of_that_length(tmp_path
     assert "trains 4-frame clips" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # the patch takes frames in pairs
         parse_args(["--frames", "5"])
+
+
+def test_a_deepened_model_predicts_the_same_and_its_new_blocks_learn(demo):
+    from calibstudio.engine.models.demo.model import DemoPipeline
+
+    pipe = DemoPipeline.fresh(0)
+    pipe.load_state_dict(demo.pipe.state_dict())
+    x, t = torch.randn(1, 3, 4, 16, 16), torch.tensor([700.0])
+    text = pipe.encode_text(["a red circle moves left on a black background"])
+
+    def predict():
+        return pipe.transformer(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+
+    with torch.no_grad():
+        before = predict()
+    pipe.deepen(8)
+    assert pipe.transformer.config.num_layers == 8
+    with torch.no_grad():
+        assert torch.allclose(predict(), before, atol=1e-6)  # new blocks start as identities
+    predict().square().mean().backward()
+    for new in (2, 6):  # 6 -> 8 blocks: the new ones sit between the old
+        out = pipe.transformer.blocks[new].ffn.net[2].weight
+        assert out.abs().max() == 0 and out.grad.abs().max() > 0  # zero, but moving from the first step
+    with pytest.raises(ValueError, match="can only grow"):
+        pipe.deepen(4)
+
+
+def test_training_grows_a_model_from_its_init_and_a_resume_keeps_the_size(tmp_path, capsys):
+    from calibstudio.engine.models.demo.train import main, parse_args, train
+
+    common = ["--out", str(tmp_path), "--batch", "1", "--workers", "0", "--eval-clips", "0", "--frames", "4"]
+    train(parse_args([*common, "--steps", "1", "--lr", "0", "--init", str(default_folder()), "--layers", "8"]))
+    grown = load_demo(tmp_path / "demo_model")
+    assert grown.transformer.config.num_layers == 8
+    assert json.loads((tmp_path / "demo_model" / "config.json").read_text())["transformer"]["num_layers"] == 8
+    shipped = load_demo().state_dict()
+    assert torch.equal(grown.state_dict()["transformer.blocks.7.ffn.net.2.weight"],
+                       shipped["transformer.blocks.5.ffn.net.2.weight"])  # the last block stays last
+    assert main([*common, "--steps", "2", "--resume", "--layers", "6"]) == 2
+    assert "trains a model of 8 blocks" in capsys.readouterr().err
+    assert main([*common, "--steps", "2", "--resume"]) == 0
+    assert main(["--out", str(tmp_path / "small"), "--workers", "0", "--init", str(default_folder()),
+                 "--layers", "4"]) == 2
+    assert "can only grow" in capsys.readouterr().err
