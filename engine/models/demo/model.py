@@ -1,10 +1,10 @@
 """The bundled demo model: a small pixel-space ``WanTransformer3DModel``, its word encoder, and its adapter.
 
 Pixel space, no VAE: clips are RGB frames of 64x64 in [-1, 1] (32 in the shipped model); a (2, 4, 4)
-patch makes 4096 video tokens of 32 frames. A VAE would have to be trained and shipped too, would cost a decode per clip and
-per preview, and would shrink the token count below what makes attention sparsity real; the
-shapes are flat colours, which a pixel model learns quickly. Because it is a Wan transformer,
-the same adapter code (self-attention processor, hook, prediction) serves Wan and the demo model.
+patch makes 4096 video tokens of 32 frames. A VAE would have to be trained and shipped too, would
+cost a decode per clip and per preview, and would shrink the token count below what makes attention
+sparsity real; the shapes are flat colours, which a pixel model learns quickly. Because it is a Wan
+transformer, the same adapter code (self-attention processor, hook, prediction) serves Wan and the demo model.
 
 Weights ship in ``resources/demo_model/`` as one fp16 safetensors file (``transformer.*`` and
 ``text_encoder.*``) next to ``config.json`` (configs, vocabulary, defaults), a model card and a
@@ -30,6 +30,11 @@ from calibstudio.engine.models.demo.folder import CONFIG, NAME, WEIGHTS
 from calibstudio.engine.models.demo.text import WordEncoder, grammar_vocabulary, tokenize
 from calibstudio.engine.models.wan import WanAdapter
 
+# Clock channels (``train --clock``): each pixel's frame, row and column place in the clip (-1..1), read
+# after the 3 colour channels. Wan's RoPE tells a token how far other tokens are, not where it is itself;
+# a colour change or a one-way path over the whole clip needs the latter (the shipped model's misses are
+# reversed or palindromic in time: docs/demo-model/motion-experiment.json).
+CLOCK_CHANNELS = 3
 TRANSFORMER_CONFIG: dict[str, Any] = {
     "patch_size": list(scenes.DEFAULT_PATCH), "num_attention_heads": 4, "attention_head_dim": 64,
     "in_channels": 3, "out_channels": 3, "text_dim": 128, "freq_dim": 128, "ffn_dim": 1024, "num_layers": 6,
@@ -68,12 +73,49 @@ class DemoPipeline:
         self.name_or_path = name_or_path
 
     @classmethod
-    def fresh(cls, seed: int = 0, layers: int = TRANSFORMER_CONFIG["num_layers"]) -> DemoPipeline:
-        """Randomly initialised (the start of training), with ``layers`` transformer blocks."""
+    def fresh(cls, seed: int = 0, layers: int = TRANSFORMER_CONFIG["num_layers"], clock: bool = False) -> DemoPipeline:
+        """Randomly initialised (the start of training), with ``layers`` transformer blocks and, with
+        ``clock``, the clock channels."""
         torch.manual_seed(seed)
         vocab = grammar_vocabulary()
-        transformer = WanTransformer3DModel(**{**TRANSFORMER_CONFIG, "num_layers": layers})
+        in_channels = TRANSFORMER_CONFIG["in_channels"] + (CLOCK_CHANNELS if clock else 0)
+        transformer = WanTransformer3DModel(**{**TRANSFORMER_CONFIG, "num_layers": layers, "in_channels": in_channels})
         return cls(transformer, WordEncoder(len(vocab), **TEXT_CONFIG), vocab)
+
+    @property
+    def has_clock(self) -> bool:
+        return self.transformer.config.in_channels == TRANSFORMER_CONFIG["in_channels"] + CLOCK_CHANNELS
+
+    def model_input(self, latents: torch.Tensor) -> torch.Tensor:
+        """What the transformer reads for pixel latents ``[B, 3, F, H, W]``: the clock channels appended
+        where it has them."""
+        if not self.has_clock:
+            return latents
+        b, _, f, h, w = latents.shape
+        axes = (torch.linspace(-1.0, 1.0, n, device=latents.device, dtype=latents.dtype) for n in (f, h, w))
+        clock = torch.stack(torch.meshgrid(*axes, indexing="ij"))
+        return torch.cat([latents, clock.expand(b, -1, -1, -1, -1)], dim=1)
+
+    def add_clock(self, seed: int = 0) -> None:
+        """Let a model trained without them read the clock channels: its patch embedding gains their input
+        weights, drawn at the scale of its colour weights. Not zeros: zero weights (session 18) stayed unused
+        through a fine-tune, since while nothing downstream reads a feature its weights' gradient averages
+        out; random ones cost a short loss spike (session 19) but are seen from the first step."""
+        if self.has_clock:
+            return
+        state = self.transformer.state_dict()
+        weight = state["patch_embedding.weight"]
+        generator = torch.Generator().manual_seed(seed)
+        extra = torch.randn(weight.shape[0], CLOCK_CHANNELS, *weight.shape[2:], generator=generator)
+        state["patch_embedding.weight"] = torch.cat([weight, (extra * weight.float().std()).to(weight)], dim=1)
+        self._rebuild(state, in_channels=weight.shape[1] + CLOCK_CHANNELS)
+
+    def _rebuild(self, state: dict[str, torch.Tensor], **changes: Any) -> None:
+        """Replace the transformer by one with ``changes`` to its config, holding ``state``."""
+        old = self.transformer
+        rebuilt = WanTransformer3DModel(**{**transformer_config(old), **changes}).to(old.device)
+        rebuilt.load_state_dict(state, strict=True)
+        self.transformer = rebuilt.train(old.training)
 
     def deepen(self, layers: int, seed: int = 0) -> None:
         """Grow the transformer to ``layers`` blocks without changing what it predicts, so a trained model
@@ -88,7 +130,7 @@ class DemoPipeline:
         if layers < have:
             raise ValueError(f"the model has {have} blocks; it can only grow (asked for {layers})")
         torch.manual_seed(seed)
-        grown = WanTransformer3DModel(**{**transformer_config(old), "num_layers": layers}).to(old.device)
+        grown = WanTransformer3DModel(**{**transformer_config(old), "num_layers": layers})
         # Old block i goes to place round(i * layers / have): 6 -> 8 puts new blocks at 2 and 6.
         places = {round(i * layers / have): i for i in range(have)}
         state = {k: v for k, v in old.state_dict().items() if not k.startswith("blocks.")}
@@ -100,8 +142,7 @@ class DemoPipeline:
                 torch.nn.init.zeros_(out.weight)
                 torch.nn.init.zeros_(out.bias)
             state.update({f"blocks.{place}.{k}": v for k, v in block.state_dict().items()})
-        grown.load_state_dict(state, strict=True)
-        self.transformer = grown.train(old.training)
+        self._rebuild(state, num_layers=layers)
 
     @property
     def _execution_device(self) -> torch.device:
@@ -210,6 +251,9 @@ class DemoAdapter(WanAdapter):
         generator = torch.Generator("cpu").manual_seed(seed)
         noise = torch.randn(1, 3, frames, height, width, generator=generator)
         return noise.to(pipe._execution_device)
+
+    def predict(self, pipe: Any, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        return super().predict(pipe, pipe.model_input(latents), t, embeds)
 
     def decode(self, pipe: Any, latents: torch.Tensor) -> np.ndarray:
         return clip_to_uint8(latents)

@@ -176,20 +176,24 @@ def train(args: argparse.Namespace) -> dict:
     resumed_at, resuming = 0, args.resume and state_file.is_file()
     initial = load_demo(args.init) if args.init and not resuming else None  # one clear error for a wrong folder
     if resuming:
-        layers = json.loads(state_file.read_text()).get("layers", TRANSFORMER_CONFIG["num_layers"])
+        saved = json.loads(state_file.read_text())
+        layers, clock = saved.get("layers", TRANSFORMER_CONFIG["num_layers"]), saved.get("clock", False)
         if args.layers is not None and args.layers != layers:
             raise RunError(f"{out} trains a model of {layers} blocks; resume it without --layers, or start a new run "
                            f"(--init {out / 'demo_model'} --layers {args.layers})")
+        if args.clock and not clock:
+            raise RunError(f"{out} trains a model without the clock channels; resume it without --clock, or start "
+                           f"a new run (--init {out / 'demo_model'} --clock)")
     elif initial is not None:
-        layers = initial.transformer.config.num_layers
+        layers, clock = initial.transformer.config.num_layers, initial.has_clock
     else:
-        layers = args.layers or TRANSFORMER_CONFIG["num_layers"]
-    pipe = DemoPipeline.fresh(args.seed, layers)
+        layers, clock = args.layers or TRANSFORMER_CONFIG["num_layers"], args.clock
+    pipe = DemoPipeline.fresh(args.seed, layers, clock)
     state = {"step": 0, "elapsed_s": 0.0, "seed": args.seed, "batch": args.batch, "steps": args.steps,
              "texture": args.texture, "locality": args.locality or 0.0, "consistency": args.consistency or 0.0,
              "locality_anchor": args.locality_anchor, "consistency_teacher": args.consistency_teacher,
              "local_below": args.local_below if args.local_below is not None else 1.0,
-             "motion_weights": args.motion_weights or {}, "layers": layers}
+             "motion_weights": args.motion_weights or {}, "layers": layers, "clock": clock}
     if initial is not None:
         init = Path(args.init)
         pipe.load_state_dict(initial.state_dict())
@@ -200,12 +204,16 @@ def train(args: argparse.Namespace) -> dict:
                 raise RunError(f"--layers {args.layers}: {error}") from None
             state["layers"] = args.layers
             print(f"grown from {layers} to {args.layers} blocks", flush=True)
+        if args.clock and not clock:
+            pipe.add_clock(seed=args.seed)
+            state["clock"] = True
+            print("the model now reads the clock channels", flush=True)
         state["frames"] = int(initial.defaults["frames"])
         state["defaults"] = dict(initial.defaults)  # its guidance, threshold, calibration recipe: a resume keeps them
         state["init"] = {"folder": str(init), **json.loads((init / CONFIG).read_text()).get("training", {})}
         print(f"fine-tuning the model in {init}", flush=True)
     if resuming:
-        state = json.loads(state_file.read_text())
+        state = {"layers": layers, "clock": clock, **json.loads(state_file.read_text())}  # runs from before either
         pipe.load_state_dict(_load_weights(out / "raw.safetensors"))
         resumed_at = state["step"]
         if args.frames is not None and args.frames != state.get("frames", scenes.DEFAULT_FRAMES):
@@ -287,8 +295,8 @@ def train(args: argparse.Namespace) -> dict:
                 group["lr"] = lr_at(step, args, resumed_at)
             with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
                 embeds = pipe.text_encoder(ids)
-                velocity = forward(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=embeds,
-                                   return_dict=False)[0]
+                velocity = forward(hidden_states=pipe.model_input(noisy), timestep=sigma * 1000,
+                                   encoder_hidden_states=embeds, return_dict=False)[0]
             # every dense row counts; a windowed twin only at a noise level whose steps may run sparse
             rows = sparse_rows.new_ones(b)
             if consistency:
@@ -354,6 +362,7 @@ def train(args: argparse.Namespace) -> dict:
                 "consistency": state.get("consistency", 0.0), "locality_anchor": state.get("locality_anchor", False),
                 "consistency_teacher": state.get("consistency_teacher", False),
                 "local_below": local_below, "motion_weights": state.get("motion_weights", {}),
+                "layers": state["layers"], "clock": state["clock"],
                 "device": device_name(device), "torch": torch.__version__}
         if "init" in state:
             card["init"] = state["init"]
@@ -396,6 +405,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="transformer blocks (default: the --init model's, else 6); with --init, more than it has "
                         "grows the model (new blocks start as identities: same predictions at step 0, more "
                         "capacity after); a resumed run keeps its own")
+    p.add_argument("--clock", action="store_true",
+                   help="the transformer also reads each pixel's frame, row and column place in the clip (clock "
+                        "channels: Wan's RoPE gives only relative offsets); with --init, a model without them gains "
+                        "them (random input weights: a short loss spike); a resumed run keeps its own")
     p.add_argument("--texture", type=float, default=0.0,
                    help="peak strength (0..24, colour units) of panning background patterns; 0: plain backgrounds "
                         "as the shipped model; a resumed run keeps its own")

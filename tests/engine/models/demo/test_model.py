@@ -227,3 +227,37 @@ def test_training_grows_a_model_from_its_init_and_a_resume_keeps_the_size(tmp_pa
     assert main(["--out", str(tmp_path / "small"), "--workers", "0", "--init", str(default_folder()),
                  "--layers", "4"]) == 2
     assert "can only grow" in capsys.readouterr().err
+
+
+def test_a_model_with_the_clock_reads_where_each_pixel_is_and_generates(demo):
+    from calibstudio.engine.models.demo.model import DemoPipeline
+    from calibstudio.engine.models.demo.train import sample
+
+    pipe = DemoPipeline.fresh(0)
+    pipe.load_state_dict(demo.pipe.state_dict())
+    assert not pipe.has_clock and pipe.model_input(torch.zeros(1, 3, 4, 8, 8)).shape[1] == 3
+    before = pipe.transformer.patch_embedding.weight.detach().clone()
+    pipe.add_clock()
+    assert pipe.has_clock and torch.equal(pipe.transformer.patch_embedding.weight[:, :3], before)  # colours kept
+    x = pipe.model_input(torch.zeros(2, 3, 4, 8, 8))
+    assert x.shape == (2, 6, 4, 8, 8)
+    assert x[0, 3, :, 0, 0].tolist() == pytest.approx([-1, -1 / 3, 1 / 3, 1])  # frame: -1 at the start, 1 at the end
+    assert x[1, 4, 0, :, 0].min() == -1 and x[1, 5, 0, 0, :].max() == 1  # row and column
+    clips = sample(pipe, ["a red circle moves left on a black background"], seed=0, steps=1, guidance=2.0, frames=4)
+    assert clips.shape == (1, 4, 64, 64, 3)
+
+
+def test_training_adds_the_clock_to_its_init_and_a_resume_keeps_it(tmp_path, capsys):
+    from calibstudio.engine.models.demo.train import main, parse_args, train
+
+    common = ["--out", str(tmp_path), "--batch", "1", "--workers", "0", "--eval-clips", "0", "--frames", "4"]
+    train(parse_args([*common, "--steps", "1", "--init", str(default_folder()), "--clock"]))
+    model = load_demo(tmp_path / "demo_model")
+    assert model.has_clock and model.transformer.config.in_channels == 6
+    assert json.loads((tmp_path / "demo_model" / "config.json").read_text())["training"]["clock"] is True
+    assert main([*common, "--steps", "2", "--resume"]) == 0  # keeps reading the clock
+    assert load_demo(tmp_path / "demo_model").has_clock
+    plain = tmp_path / "plain"
+    train(parse_args([*common[2:], "--out", str(plain), "--steps", "1"]))
+    assert main([*common[2:], "--out", str(plain), "--steps", "2", "--resume", "--clock"]) == 2
+    assert "without the clock channels" in capsys.readouterr().err
