@@ -279,3 +279,15 @@ def summarise(results: Sequence[Adherence]) -> dict[str, float]:
     """The fraction of clips that adhere, per attribute: {"color", "shape", "direction"} (0 for none)."""
     n = float(max(len(results), 1))
     return {k: sum(getattr(r, f"{k}_ok") for r in results) / n for k in ATTRIBUTES}
+
+
+def direction_by_motion(results: Sequence[Adherence]) -> dict[str, str]:
+    """Direction hits per asked-for motion, e.g. {"recolor": "5/23", "up": "45/59"}: which motions a model
+    misses (the overall fraction hides it, and held-out sets are uneven across motions)."""
+    hits: Counter[str] = Counter()
+    asked: Counter[str] = Counter()
+    for r in results:
+        motion = r.expected.motion or "unknown"
+        asked[motion] += 1
+        hits[motion] += r.direction_ok
+    return {m: f"{hits[m]}/{asked[m]}" for m in sorted(asked)}

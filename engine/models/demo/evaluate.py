@@ -19,7 +19,13 @@ import torch
 from calibstudio.engine.atomic import atomic_write, writable_destination
 from calibstudio.engine.generate import GenerationSettings, compare
 from calibstudio.engine.machine import device_name
-from calibstudio.engine.models.demo.adherence import ATTRIBUTES, Adherence, check_clip, summarise
+from calibstudio.engine.models.demo.adherence import (
+    ATTRIBUTES,
+    Adherence,
+    check_clip,
+    direction_by_motion,
+    summarise,
+)
 from calibstudio.engine.models.registry import default_device, load_model
 from calibstudio.engine.profile import Profile
 from calibstudio.engine.progress import tqdm_progress
@@ -66,6 +72,7 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
             sparse_ms += sum(result.sparse.step_ms)
     psnrs, ssims = ([row[key] for row in per_prompt] for key in ("psnr", "ssim"))
     return {"dense": summarise(dense), "sparse": summarise(sparse),
+            "direction_by_motion": {"dense": direction_by_motion(dense), "sparse": direction_by_motion(sparse)},
             "psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)),
             "speedup": dense_ms / max(sparse_ms, 1e-9), "threshold": threshold, "density": density,
             "dense_steps": dense_steps, "guidance_scale": guidance_scale, "compile": compile,

@@ -33,7 +33,7 @@ from calibstudio.engine.attention_hook import AttentionHook
 from calibstudio.engine.machine import device_name
 from calibstudio.engine.models.base import Conditioning, ModelLoadError
 from calibstudio.engine.models.demo import captions, scenes
-from calibstudio.engine.models.demo.adherence import score_clips
+from calibstudio.engine.models.demo.adherence import check_clip, direction_by_motion, summarise
 from calibstudio.engine.models.demo.locality import LocalityPenalty
 from calibstudio.engine.models.demo.model import (
     CONFIG,
@@ -355,8 +355,11 @@ def train(args: argparse.Namespace) -> dict:
             prompts = held_out_prompts(args.eval_clips)
             clips = sample(pipe, prompts, seed=10_000, steps=args.eval_steps, guidance=args.eval_guidance,
                            frames=frames)
-            result["held_out_adherence"] = score_clips(list(clips), prompts)
-            print("held-out adherence:", json.dumps(result["held_out_adherence"]), flush=True)
+            results = [check_clip(clip, prompt) for clip, prompt in zip(clips, prompts, strict=True)]
+            result["held_out_adherence"] = summarise(results)
+            result["held_out_direction_by_motion"] = direction_by_motion(results)
+            print("held-out adherence:", json.dumps(result["held_out_adherence"]),
+                  "direction by motion:", json.dumps(result["held_out_direction_by_motion"]), flush=True)
         card = {**result, "seed": args.seed, "batch": args.batch, "lr": args.lr, "ema": args.ema, "frames": frames,
                 "texture": state.get("texture", 0.0), "locality": state.get("locality", 0.0),
                 "consistency": state.get("consistency", 0.0), "locality_anchor": state.get("locality_anchor", False),

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from calibstudio.engine.models.demo.adherence import check_clip, read_clip, score_clips
+from calibstudio.engine.models.demo.adherence import check_clip, direction_by_motion, read_clip, score_clips
 from calibstudio.engine.models.demo.captions import caption
 from calibstudio.engine.models.demo.scenes import SHAPES, Scene, make_scene, render, sample_scene
 
@@ -100,3 +100,14 @@ def test_score_clips_checks_its_inputs():
     with pytest.raises(ValueError):
         check_clip(np.zeros((64, 64, 3), np.uint8), "a red circle")
     assert score_clips([], []) == {"color": 0.0, "shape": 0.0, "direction": 0.0}
+
+
+def test_direction_is_tallied_per_asked_for_motion(rendered):
+    scenes, texts, clips = rendered
+    results = [check_clip(c, t) for c, t in zip(clips[:20], texts[:20], strict=True)]
+    wrong = check_clip(clips[0], "a red circle changes colour to blue on a gray background")  # asks recolor
+    tally = direction_by_motion([*results, wrong])
+    assert sum(int(v.split("/")[1]) for v in tally.values()) == 21
+    assert set(tally) == {s.motion for s in scenes[:20]} | {"recolor"}
+    hits, asked = map(int, tally["recolor"].split("/"))
+    assert asked == 1 + sum(s.motion == "recolor" for s in scenes[:20]) and hits == asked - 1

@@ -47,6 +47,8 @@ def test_eval_prints_and_writes_the_documented_json(short_profile, tmp_path):
     for name in ("dense", "sparse"):
         assert report[name] == {k: float(row[name][k]) for k in ("color", "shape", "direction")}
         assert isinstance(row[name]["read"], str) and row[name]["read"]
+        (tally,) = report["direction_by_motion"][name].values()  # one caption, one motion asked for
+        assert tally == f"{int(row[name]['direction'])}/1"
 
 
 def test_eval_lists_each_miss_with_what_the_clip_shows():
