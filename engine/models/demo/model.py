@@ -98,9 +98,9 @@ class DemoPipeline:
 
     def add_clock(self, seed: int = 0) -> None:
         """Let a model trained without them read the clock channels: its patch embedding gains their input
-        weights, drawn at the scale of its colour weights. Not zeros: zero weights (session 18) stayed unused
-        through a fine-tune, since while nothing downstream reads a feature its weights' gradient averages
-        out; random ones cost a short loss spike (session 19) but are seen from the first step."""
+        weights, drawn at the scale of its colour weights. Not zeros: zero weights stayed unused through a
+        fine-tune, since while nothing downstream reads a feature its weights' gradient averages out; random
+        ones cost a short loss spike but are seen from the first step (docs/demo-model/motion-experiment.json)."""
         if self.has_clock:
             return
         state = self.transformer.state_dict()
@@ -188,8 +188,8 @@ def save_demo(pipe: DemoPipeline, folder: str | Path, card: dict[str, Any] | Non
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(pipe.state_dict(), folder / WEIGHTS)
     config = {"name": NAME, "transformer": transformer_config(pipe.transformer), "text_encoder": TEXT_CONFIG,
-              "vocab": pipe.vocab,
-              "scheduler_shift": SCHEDULER_SHIFT, "defaults": pipe.defaults, "training": card or {}}
+              "vocab": pipe.vocab, "scheduler_shift": SCHEDULER_SHIFT, "defaults": pipe.defaults,
+              "training": card or {}}
     atomic_write(folder / CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
     return folder
 
