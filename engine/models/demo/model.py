@@ -84,6 +84,7 @@ class DemoPipeline:
 
     @property
     def has_clock(self) -> bool:
+        """Whether the transformer reads the clock channels after the colours (``train --clock``)."""
         return self.transformer.config.in_channels == TRANSFORMER_CONFIG["in_channels"] + CLOCK_CHANNELS
 
     def model_input(self, latents: torch.Tensor) -> torch.Tensor:
