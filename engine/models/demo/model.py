@@ -109,14 +109,15 @@ class DemoPipeline:
         generator = torch.Generator().manual_seed(seed)
         extra = torch.randn(weight.shape[0], CLOCK_CHANNELS, *weight.shape[2:], generator=generator)
         state["patch_embedding.weight"] = torch.cat([weight, (extra * weight.float().std()).to(weight)], dim=1)
-        self._rebuild(state, in_channels=weight.shape[1] + CLOCK_CHANNELS)
+        widened = WanTransformer3DModel(**{**transformer_config(self.transformer),
+                                           "in_channels": weight.shape[1] + CLOCK_CHANNELS})
+        self._replace_transformer(widened, state)
 
-    def _rebuild(self, state: dict[str, torch.Tensor], **changes: Any) -> None:
-        """Replace the transformer by one with ``changes`` to its config, holding ``state``."""
+    def _replace_transformer(self, transformer: WanTransformer3DModel, state: dict[str, torch.Tensor]) -> None:
+        """Use ``transformer``, holding ``state``, on the old one's device and in its train/eval mode."""
         old = self.transformer
-        rebuilt = WanTransformer3DModel(**{**transformer_config(old), **changes}).to(old.device)
-        rebuilt.load_state_dict(state, strict=True)
-        self.transformer = rebuilt.train(old.training)
+        transformer.load_state_dict(state, strict=True)
+        self.transformer = transformer.to(old.device).train(old.training)
 
     def deepen(self, layers: int, seed: int = 0) -> None:
         """Grow the transformer to ``layers`` blocks without changing what it predicts, so a trained model
@@ -143,7 +144,7 @@ class DemoPipeline:
                 torch.nn.init.zeros_(out.weight)
                 torch.nn.init.zeros_(out.bias)
             state.update({f"blocks.{place}.{k}": v for k, v in block.state_dict().items()})
-        self._rebuild(state, num_layers=layers)
+        self._replace_transformer(grown, state)
 
     @property
     def _execution_device(self) -> torch.device:

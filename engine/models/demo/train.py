@@ -213,7 +213,7 @@ def train(args: argparse.Namespace) -> dict:
         state["init"] = {"folder": str(init), **json.loads((init / CONFIG).read_text()).get("training", {})}
         print(f"fine-tuning the model in {init}", flush=True)
     if resuming:
-        state = {"layers": layers, "clock": clock, **json.loads(state_file.read_text())}  # runs from before either
+        state = {"layers": layers, "clock": clock, **saved}  # runs from before either option resume as they were
         pipe.load_state_dict(_load_weights(out / "raw.safetensors"))
         resumed_at = state["step"]
         if args.frames is not None and args.frames != state.get("frames", scenes.DEFAULT_FRAMES):
