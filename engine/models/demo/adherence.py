@@ -46,6 +46,7 @@ _RECOLOR_MIN_DISTANCE = 50.0
 _GROW_RATIO = 1.5
 _MOVE_MIN = 0.12
 _BOUNCE_MIN = 0.10
+_MIN_SWING = 0.03  # a centroid reversal smaller than this (2 pixels of 64) is jitter, not a turn
 _SHAPE_FRAMES = 3
 ATTRIBUTES = ("color", "shape", "direction")  # what a caption is scored on, in report order
 
@@ -227,6 +228,23 @@ def read_clip(clip: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0)) -
     )
 
 
+def _travel(p: np.ndarray, min_swing: float) -> float:
+    """Distance travelled along a 1-D track, turning back only on reversals of at least ``min_swing``.
+
+    Summing every frame-to-frame step instead adds up the centroid's pixel jitter: over 32 frames a small
+    triangle moving straight left travelled 0.2 of the frame up and down, and read as a bounce.
+    """
+    pivot = peak = float(p[0])  # where the current leg started, and how far it has got
+    total = 0.0
+    for x in p[1:].tolist():
+        if abs(x - pivot) > abs(peak - pivot) and (x - pivot) * (peak - pivot) >= 0:
+            peak = x  # the leg goes on
+        elif abs(x - peak) >= min_swing:  # it turned: the leg ends at its peak
+            total += abs(peak - pivot)
+            pivot, peak = peak, x
+    return total + abs(peak - pivot) + abs(float(p[-1]) - peak)
+
+
 def _track_motion(masks: np.ndarray, width: int, height: int) -> str:
     """Classify the centroid track: a bounce goes out and back, a move only out, else it stays."""
     area = masks.sum(axis=(1, 2)).astype(np.float64)
@@ -234,7 +252,7 @@ def _track_motion(masks: np.ndarray, width: int, height: int) -> str:
     cy = (masks.sum(axis=2) * np.arange(height)).sum(axis=1) / area / height
     track = np.stack([cx, cy], axis=1)
     net = track[-1] - track[0]
-    path = np.abs(np.diff(track, axis=0)).sum(axis=0)
+    path = np.array([_travel(track[:, axis], _MIN_SWING) for axis in range(2)])
     back = (path - np.abs(net)) / 2.0  # the shorter of the legs of an out-and-back path
     if back.max() >= _BOUNCE_MIN:
         return "bounce_lr" if back[0] >= back[1] else "bounce_ud"

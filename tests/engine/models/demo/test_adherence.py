@@ -89,6 +89,22 @@ def test_colour_change_needs_the_right_target():
     assert read_clip(still).motion == "grow"
 
 
+def test_centroid_jitter_does_not_make_a_straight_move_a_bounce():
+    # A small triangle's centroid row flickers by a pixel from frame to frame; summed over 32 frames
+    # that read as an up-and-down bounce once. The scene is the one held-out caption it happened to.
+    scene = Scene("triangle", "yellow", "black", "left", x=0.792, y=0.773, vx=-0.377, size=0.143)
+    assert read_clip(render(scene, frames=32)).motion == "left"
+
+
+def test_a_move_that_wraps_round_is_not_a_move():
+    up = render(make_scene(np.random.default_rng(4), color="red", shape="square", background="black", motion="up"))
+    cut = 3 * len(up) // 4
+    assert read_clip(up).motion == "up"
+    wrapped = np.concatenate([up[:cut], up[: len(up) - cut]])  # climbs, drops back, climbs a little again
+    assert read_clip(wrapped).motion == "bounce_ud"
+    assert read_clip(up[::-1]).motion == "down"
+
+
 def test_a_still_shape_stays():
     clip = np.repeat(render(sample_scene(3))[:1], 16, axis=0)
     assert read_clip(clip).motion == "stay"
