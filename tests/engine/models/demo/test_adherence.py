@@ -105,6 +105,13 @@ def test_a_move_that_wraps_round_is_not_a_move():
     assert read_clip(up[::-1]).motion == "down"
 
 
+def test_a_bounce_that_turns_several_times_is_a_bounce():
+    scene = make_scene(np.random.default_rng(6), color="white", shape="square", background="black", motion="right")
+    right = render(scene, frames=32)
+    order = np.r_[8:16, 16:0:-1, 0:6]  # right, then left past the start, then right again, ending near the start
+    assert read_clip(right[order]).motion == "bounce_lr"
+
+
 def test_a_still_shape_stays():
     clip = np.repeat(render(sample_scene(3))[:1], 16, axis=0)
     assert read_clip(clip).motion == "stay"
