@@ -47,6 +47,7 @@ _GROW_RATIO = 1.5
 _MOVE_MIN = 0.12
 _BOUNCE_MIN = 0.10
 _MIN_SWING = 0.03  # a centroid reversal smaller than this (2 pixels of 64) is jitter, not a turn
+_TELEPORT = 0.15  # a centroid step this long (fraction of the frame) and 3x the clip's median step is a jump
 _SHAPE_FRAMES = 3
 ATTRIBUTES = ("color", "shape", "direction")  # what a caption is scored on, in report order
 
@@ -61,6 +62,7 @@ class ClipReading:
     motion: str | None = None
     target_color: str | None = None
     background: str | None = None
+    teleports: bool = False  # the shape jumps between two frames (see _teleports)
 
     def describe(self) -> str:
         """What the clip shows in words, e.g. "purple circle, recolor to yellow, on black"."""
@@ -207,6 +209,7 @@ def read_clip(clip: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0)) -
     largest = labels[largest_index]
     shape = largest if votes[largest] == max(votes.values()) else votes.most_common(1)[0][0]
 
+    track = _centroids(masks, width, height)
     motion: str
     if recolor:
         motion = "recolor"
@@ -217,7 +220,7 @@ def read_clip(clip: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0)) -
         elif ratio <= 1.0 / _GROW_RATIO:
             motion = "shrink"
         else:
-            motion = _track_motion(masks, width, height)
+            motion = _track_motion(track)
     return ClipReading(
         detected=True,
         color=color,
@@ -225,6 +228,7 @@ def read_clip(clip: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0)) -
         motion=motion,
         target_color=last if recolor else None,
         background=background,
+        teleports=_teleports(track),
     )
 
 
@@ -245,12 +249,26 @@ def _travel(p: np.ndarray, min_swing: float) -> float:
     return total + abs(peak - pivot) + abs(float(p[-1]) - peak)
 
 
-def _track_motion(masks: np.ndarray, width: int, height: int) -> str:
-    """Classify the centroid track: a bounce goes out and back, a move only out, else it stays."""
+def _centroids(masks: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The shape's centre per frame as fractions of the frame, ``[F, 2]`` (x, y)."""
     area = masks.sum(axis=(1, 2)).astype(np.float64)
     cx = (masks.sum(axis=1) * np.arange(width)).sum(axis=1) / area / width
     cy = (masks.sum(axis=2) * np.arange(height)).sum(axis=1) / area / height
-    track = np.stack([cx, cy], axis=1)
+    return np.stack([cx, cy], axis=1)
+
+
+def _teleports(track: np.ndarray) -> bool:
+    """Whether the shape jumps: one step far longer than the clip's usual one, as no generated scene moves.
+
+    A model that loses track of where its shape is draws this (a climb that drops back and climbs again);
+    the direction verdict may or may not catch it, so training counts it on its own.
+    """
+    steps = np.hypot(*np.diff(track, axis=0).T)
+    return bool(steps.size) and float(steps.max()) > max(_TELEPORT, 3.0 * float(np.median(steps)))
+
+
+def _track_motion(track: np.ndarray) -> str:
+    """Classify the centroid track ``[F, 2]``: a bounce goes out and back, a move only out, else it stays."""
     net = track[-1] - track[0]
     path = np.array([_travel(track[:, axis], _MIN_SWING) for axis in range(2)])
     back = (path - np.abs(net)) / 2.0  # the shorter of the legs of an out-and-back path
@@ -297,6 +315,11 @@ def summarise(results: Sequence[Adherence]) -> dict[str, float]:
     """The fraction of clips that adhere, per attribute: {"color", "shape", "direction"} (0 for none)."""
     n = float(max(len(results), 1))
     return {k: sum(getattr(r, f"{k}_ok") for r in results) / n for k in ATTRIBUTES}
+
+
+def teleport_count(results: Sequence[Adherence]) -> str:
+    """How many clips show a jumping shape, as "k/n" (n counts every clip, read or not)."""
+    return f"{sum(r.reading.teleports for r in results)}/{len(results)}"
 
 
 def direction_by_motion(results: Sequence[Adherence]) -> dict[str, str]:

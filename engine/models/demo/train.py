@@ -33,7 +33,7 @@ from calibstudio.engine.attention_hook import AttentionHook
 from calibstudio.engine.machine import device_name
 from calibstudio.engine.models.base import Conditioning, ModelLoadError
 from calibstudio.engine.models.demo import captions, scenes
-from calibstudio.engine.models.demo.adherence import check_clip, direction_by_motion, summarise
+from calibstudio.engine.models.demo.adherence import check_clip, direction_by_motion, summarise, teleport_count
 from calibstudio.engine.models.demo.locality import LocalityPenalty
 from calibstudio.engine.models.demo.model import (
     CONFIG,
@@ -358,8 +358,10 @@ def train(args: argparse.Namespace) -> dict:
             results = [check_clip(clip, prompt) for clip, prompt in zip(clips, prompts, strict=True)]
             result["held_out_adherence"] = summarise(results)
             result["held_out_direction_by_motion"] = direction_by_motion(results)
+            result["held_out_teleports"] = teleport_count(results)
             print("held-out adherence:", json.dumps(result["held_out_adherence"]),
-                  "direction by motion:", json.dumps(result["held_out_direction_by_motion"]), flush=True)
+                  "direction by motion:", json.dumps(result["held_out_direction_by_motion"]),
+                  "jumping shapes:", result["held_out_teleports"], flush=True)
         card = {**result, "seed": args.seed, "batch": args.batch, "lr": args.lr, "ema": args.ema, "frames": frames,
                 "texture": state.get("texture", 0.0), "locality": state.get("locality", 0.0),
                 "consistency": state.get("consistency", 0.0), "locality_anchor": state.get("locality_anchor", False),

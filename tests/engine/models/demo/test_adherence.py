@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from calibstudio.engine.models.demo.adherence import check_clip, direction_by_motion, read_clip, score_clips
+from calibstudio.engine.models.demo.adherence import (
+    check_clip,
+    direction_by_motion,
+    read_clip,
+    score_clips,
+    teleport_count,
+)
 from calibstudio.engine.models.demo.captions import caption
 from calibstudio.engine.models.demo.scenes import SHAPES, Scene, make_scene, render, sample_scene
 
@@ -103,6 +109,16 @@ def test_a_move_that_wraps_round_is_not_a_move():
     wrapped = np.concatenate([up[:cut], up[: len(up) - cut]])  # climbs, drops back, climbs a little again
     assert read_clip(wrapped).motion == "bounce_ud"
     assert read_clip(up[::-1]).motion == "down"
+    assert read_clip(wrapped).teleports and not read_clip(up).teleports
+    results = [check_clip(clip, "a red square moves up on a black background") for clip in (up, wrapped, up)]
+    assert teleport_count(results) == "1/3"
+
+
+def test_no_generated_scene_jumps(rendered):
+    _, _, clips = rendered
+    rng = np.random.default_rng(3)
+    fast = [render(sample_scene(rng, "any"), frames=8) for _ in range(40)]  # the fewest frames: the longest steps
+    assert not any(read_clip(clip).teleports for clip in [*clips, *fast])
 
 
 def test_a_bounce_that_turns_several_times_is_a_bounce():

@@ -105,6 +105,7 @@ def test_training_checkpoints_resumes_and_exports_a_loadable_model(tmp_path):
     assert not (tmp_path / "demo_model").exists()  # unfinished runs export nothing unless asked
     result = train(parse_args([*common, "--steps", "3", "--resume", "--eval-clips", "1"]))
     assert result["step"] == 3 and set(result["held_out_adherence"]) == {"color", "shape", "direction"}
+    assert result["held_out_teleports"] in ("0/1", "1/1")
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2, 3] and all(np.isfinite(row["loss"]) for row in log)
     assert json.loads((tmp_path / "state.json").read_text())["step"] == 3
