@@ -69,7 +69,8 @@ class ClipReading:
         if not self.detected:
             return "no one flat-coloured shape on a flat background"
         motion = f"{self.motion} to {self.target_color}" if self.target_color else self.motion
-        return f"{self.color} {self.shape}, {motion}, on {self.background}"
+        jumps = " (the shape jumps between frames)" if self.teleports else ""
+        return f"{self.color} {self.shape}, {motion}, on {self.background}{jumps}"
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ def _travel(p: np.ndarray, min_swing: float) -> float:
 
 
 def _centroids(masks: np.ndarray, width: int, height: int) -> np.ndarray:
-    """The shape's centre per frame as fractions of the frame, ``[F, 2]`` (x, y)."""
+    """The shape's centre in each frame it was found in, as fractions of the frame: ``[F, 2]`` (x, y)."""
     area = masks.sum(axis=(1, 2)).astype(np.float64)
     cx = (masks.sum(axis=1) * np.arange(width)).sum(axis=1) / area / width
     cy = (masks.sum(axis=2) * np.arange(height)).sum(axis=1) / area / height

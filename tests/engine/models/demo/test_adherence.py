@@ -110,6 +110,7 @@ def test_a_move_that_wraps_round_is_not_a_move():
     assert read_clip(wrapped).motion == "bounce_ud"
     assert read_clip(up[::-1]).motion == "down"
     assert read_clip(wrapped).teleports and not read_clip(up).teleports
+    assert read_clip(wrapped).describe().endswith("(the shape jumps between frames)")
     results = [check_clip(clip, "a red square moves up on a black background") for clip in (up, wrapped, up)]
     assert teleport_count(results) == "1/3"
 
