@@ -264,8 +264,8 @@ def _teleports(track: np.ndarray) -> bool:
     A model that loses track of where its shape is draws this (a climb that drops back and climbs again);
     the direction verdict may or may not catch it, so training counts it on its own.
     """
-    steps = np.hypot(*np.diff(track, axis=0).T)
-    return bool(steps.size) and float(steps.max()) > max(_TELEPORT, 3.0 * float(np.median(steps)))
+    steps = np.hypot(*np.diff(track, axis=0).T)  # read_clip finds the shape in 2 frames or more
+    return float(steps.max()) > max(_TELEPORT, 3.0 * float(np.median(steps)))
 
 
 def _track_motion(track: np.ndarray) -> str:
