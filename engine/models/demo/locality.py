@@ -19,14 +19,18 @@ import torch.nn.functional as F
 from calibstudio.engine.attention_hook import dense_attention
 
 
-def locality_windows(grid: tuple[int, int, int], heads: int, block: int, anchor: bool = False) -> torch.Tensor:
+def locality_windows(grid: tuple[int, int, int], heads: int, block: int, anchor: bool = False,
+                     far: tuple[int, ...] = ()) -> torch.Tensor:
     """``[heads, nb, nb]`` bool: the key blocks each query block of each head may use.
 
     ``grid``: latent (frames, height, width) in tokens, frame-major order; a latent frame must be
     a whole number of blocks (so a block never straddles two frames). ``anchor``: temporal heads also
     see the same place in the first latent frame — one reach to a shared frame, so a decision that
     concerns the whole clip (where the shape starts) can be read by every frame in one layer
-    instead of hopping one frame per layer (6 layers do not span 8 latent frames).
+    instead of hopping one frame per layer (6 layers do not span 8 latent frames). ``far``: every
+    second temporal head (heads 3, 7, ...) sees the same place this many latent frames away instead of
+    in the neighbouring frames — dilated reaches (e.g. 4 and 8) that let distant frames agree on the
+    shape's path within a few layers at the price of a few blocks per query.
     """
     frames, height, width = grid
     per_frame = height * width
@@ -36,10 +40,13 @@ def locality_windows(grid: tuple[int, int, int], heads: int, block: int, anchor:
     b = torch.arange(frames * blocks_per_frame)
     frame, place = b // blocks_per_frame, b % blocks_per_frame
     same_frame = frame[:, None] == frame[None, :]
-    near = ((frame[:, None] - frame[None, :]).abs() == 1) | (anchor & (frame[None, :] == 0))
-    next_frame = near & (place[:, None] == place[None, :])
-    temporal = (torch.arange(heads) % 2 == 1)[:, None, None]
-    return torch.where(temporal, next_frame, same_frame)
+    distance, first = (frame[:, None] - frame[None, :]).abs(), anchor & (frame[None, :] == 0)
+    same_place = place[:, None] == place[None, :]
+    next_frame = ((distance == 1) | first) & same_place
+    reach = torch.isin(distance, torch.tensor(far, dtype=distance.dtype)) if far else distance == 1
+    far_frame = (reach | first) & same_place
+    head = torch.arange(heads)[:, None, None]
+    return torch.where(head % 2 == 0, same_frame, torch.where(head % 4 == 3, far_frame, next_frame))
 
 
 class LocalityPenalty:
@@ -54,8 +61,8 @@ class LocalityPenalty:
     """
 
     def __init__(self, grid: tuple[int, int, int], heads: int, block: int = 128, sample: int = 8,
-                 anchor: bool = False, device: str | torch.device = "cpu") -> None:
-        windows = locality_windows(grid, heads, block, anchor).to(device)
+                 anchor: bool = False, far: tuple[int, ...] = (), device: str | torch.device = "cpu") -> None:
+        windows = locality_windows(grid, heads, block, anchor, far).to(device)
         tokens = grid[0] * grid[1] * grid[2]
         self.inside = windows.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :tokens, :tokens]
         self.sample = sample

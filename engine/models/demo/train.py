@@ -191,7 +191,8 @@ def train(args: argparse.Namespace) -> dict:
     pipe = DemoPipeline.fresh(args.seed, layers, clock)
     state = {"step": 0, "elapsed_s": 0.0, "seed": args.seed, "batch": args.batch, "steps": args.steps,
              "texture": args.texture, "locality": args.locality or 0.0, "consistency": args.consistency or 0.0,
-             "locality_anchor": args.locality_anchor, "consistency_teacher": args.consistency_teacher,
+             "locality_anchor": args.locality_anchor, "locality_far": args.locality_far or [],
+             "consistency_teacher": args.consistency_teacher,
              "local_below": args.local_below if args.local_below is not None else 1.0,
              "motion_weights": args.motion_weights or {}, "layers": layers, "clock": clock}
     if initial is not None:
@@ -219,7 +220,8 @@ def train(args: argparse.Namespace) -> dict:
         if args.frames is not None and args.frames != state.get("frames", scenes.DEFAULT_FRAMES):
             raise RunError(f"{out} trains {state.get('frames', scenes.DEFAULT_FRAMES)}-frame clips; resume it "
                              f"without --frames, or start a new run (--init) at {args.frames} frames")
-        for knob in ("locality", "consistency", "local_below", "motion_weights"):  # a resume may change its priors
+        # a resume may change its priors
+        for knob in ("locality", "consistency", "local_below", "motion_weights", "locality_far"):
             if getattr(args, knob) is not None:
                 state[knob] = getattr(args, knob)
         for flag in ("locality_anchor", "consistency_teacher"):  # switched on for good once given
@@ -269,7 +271,8 @@ def train(args: argparse.Namespace) -> dict:
     if locality or consistency:
         penalty = LocalityPenalty(grid, pipe.transformer.config.num_attention_heads,
                                   sample=args.locality_sample if locality else 0,
-                                  anchor=state.get("locality_anchor", False), device=device)
+                                  anchor=state.get("locality_anchor", False),
+                                  far=tuple(state.get("locality_far", ())), device=device)
     if consistency:  # the second half of each batch repeats the first and attends inside the windows only
         penalty.restrict_from = half
     # dense_fn=penalty.attend: the hook routes every self-attention through the penalty while training
@@ -365,6 +368,7 @@ def train(args: argparse.Namespace) -> dict:
         card = {**result, "seed": args.seed, "batch": args.batch, "lr": args.lr, "ema": args.ema, "frames": frames,
                 "texture": state.get("texture", 0.0), "locality": state.get("locality", 0.0),
                 "consistency": state.get("consistency", 0.0), "locality_anchor": state.get("locality_anchor", False),
+                "locality_far": state.get("locality_far", []),
                 "consistency_teacher": state.get("consistency_teacher", False),
                 "local_below": local_below, "motion_weights": state.get("motion_weights", {}),
                 "layers": state["layers"], "clock": state["clock"],
@@ -375,6 +379,17 @@ def train(args: argparse.Namespace) -> dict:
     if log_file.is_file() and args.plot:
         _plot_loss(log_file, out / "loss.png")
     return result
+
+
+def _frame_offsets(text: str) -> list[int]:
+    """``F,F`` of ``--locality-far``: positive latent-frame distances."""
+    try:
+        offsets = [int(part) for part in text.split(",")]
+    except ValueError:
+        offsets = []
+    if not offsets or min(offsets) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive latent-frame offsets separated by commas, e.g. 4,8")
+    return offsets
 
 
 def _motion_weight(text: str) -> tuple[str, float]:
@@ -424,6 +439,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--locality-anchor", action="store_true",
                    help="the temporal heads' windows (locality prior and --consistency) also hold the same place in "
                         "the first latent frame, a frame every frame can read in one layer; a resumed run keeps it")
+    p.add_argument("--locality-far", type=_frame_offsets, metavar="F,F",
+                   help="every second temporal head (heads 3, 7, ...) holds the same place this many latent frames "
+                        "away (e.g. 4,8) instead of the neighbouring frames, so distant frames agree within a few "
+                        "layers; a resumed run keeps its own unless given")
     p.add_argument("--locality-sample", type=int, default=8,
                    help="clips of each batch the locality prior is measured on")
     p.add_argument("--consistency", type=float,

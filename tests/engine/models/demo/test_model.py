@@ -144,6 +144,20 @@ def test_motion_weights_are_checked_on_the_command_line_and_recorded_by_the_run(
     assert exported["training"]["motion_weights"] == {"recolor": 3.0, "up": 1.5}
 
 
+def test_far_locality_windows_are_checked_on_the_command_line_and_kept_by_a_resume(tmp_path, capsys):
+    from calibstudio.engine.models.demo.train import parse_args, train
+
+    for bad in ("0,4", "4,x", ""):
+        with pytest.raises(SystemExit):
+            parse_args(["--locality-far", bad])
+        assert "--locality-far" in capsys.readouterr().err
+    common = ["--out", str(tmp_path), "--batch", "1", "--workers", "0", "--eval-clips", "0", "--frames", "8"]
+    train(parse_args([*common, "--steps", "1", "--locality", "0.05", "--locality-far", "2"]))
+    train(parse_args([*common, "--steps", "2", "--resume", "--export-partial"]))
+    exported = json.loads((tmp_path / "demo_model" / "config.json").read_text())
+    assert exported["training"]["locality_far"] == [2] and exported["training"]["locality"] == 0.05
+
+
 def test_fine_tuning_from_a_folder_without_a_model_is_one_clear_error(tmp_path, capsys):
     from calibstudio.engine.models.demo.train import main
 
