@@ -440,9 +440,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the temporal heads' windows (locality prior and --consistency) also hold the same place in "
                         "the first latent frame, a frame every frame can read in one layer; a resumed run keeps it")
     p.add_argument("--locality-far", type=_frame_offsets, metavar="F,F",
-                   help="every second temporal head (heads 3, 7, ...) holds the same place this many latent frames "
-                        "away (e.g. 4,8) instead of the neighbouring frames, so distant frames agree within a few "
-                        "layers; a resumed run keeps its own unless given")
+                   help="every second temporal head (heads 3, 7, ...) also holds the same place this many latent "
+                        "frames away (e.g. 4,8), so distant frames agree within a few layers; a resumed run keeps "
+                        "its own unless given")
     p.add_argument("--locality-sample", type=int, default=8,
                    help="clips of each batch the locality prior is measured on")
     p.add_argument("--consistency", type=float,
