@@ -112,7 +112,7 @@ class JobPanel(QWidget):
         self.prompt_edit.setTabChangesFocus(True)
         self.prompt_edit.setFixedHeight(self.fontMetrics().lineSpacing() * 3 + 12)
         self.negative_edit = QLineEdit()
-        self.negative_edit.setPlaceholderText("optional (demo model: the scene held still)")
+        self.negative_edit.setPlaceholderText("optional")
         self.seed_box = _spin(0, SEED_MAX, 0, "Noise seed: dense and sparse share it")
         self.dice = QToolButton()
         self.dice.setText("⚄")

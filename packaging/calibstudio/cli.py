@@ -195,9 +195,7 @@ def _job_parser(commands: argparse._SubParsersAction, name: str, text: str) -> a
                      help="frames: 4k+1 for Wan, even for the demo model (default: the model's)")
     job.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     _guidance_option(job)
-    job.add_argument("--negative-prompt", default="",
-                     help="negative prompt (default: the model's; the demo model's is the caption's scene held still, "
-                          "e.g. 'a red circle on a blue background', which sharpens the motion)")
+    job.add_argument("--negative-prompt", default="", help="negative prompt")
     job.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     job.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     job.set_defaults(run=_job(name))

@@ -249,22 +249,6 @@ def parse_caption(text: object) -> ParsedCaption:
         return ParsedCaption()
 
 
-def still_caption(text: str) -> str:
-    """The caption's scene held still: "a red circle moves up on a blue background" -> "a red circle on a blue
-    background"; "" where no shape or no motion is read.
-
-    The demo model's default negative prompt (``defaults.still_negative``): guidance then pushes a clip along
-    what the motion words add rather than along the whole caption, which reads the motion far better at a
-    small cost in colour and shape (docs/demo-model/motion-experiment.json, ``session_23``).
-    """
-    parsed = parse_caption(text)
-    if parsed.shape is None or parsed.motion is None:
-        return ""
-    shape = f"{parsed.color} {parsed.shape}" if parsed.color else parsed.shape
-    place = f" on a {parsed.background} background" if parsed.background else ""
-    return re.sub(r"^a (?=[aeiou])", "an ", f"a {shape}{place}")
-
-
 # --- Splits and ground truth ------------------------------------------------------------------------
 
 

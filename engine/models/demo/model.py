@@ -25,7 +25,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
 from calibstudio.engine.atomic import atomic_write
 from calibstudio.engine.models.base import Conditioning, ModelLoadError
-from calibstudio.engine.models.demo import captions, scenes
+from calibstudio.engine.models.demo import scenes
 from calibstudio.engine.models.demo.folder import CONFIG, NAME, WEIGHTS
 from calibstudio.engine.models.demo.text import WordEncoder, grammar_vocabulary, tokenize
 from calibstudio.engine.models.wan import WanAdapter
@@ -50,11 +50,9 @@ SCHEDULER_SHIFT = 2.0
 # (engine/error_bound.py). 0.05 brought the locality models' sparse adherence level with dense
 # (docs/demo-model/consistency-experiment.json).
 # dense_steps: train exports the steps above its --local-below noise level.
-# still_negative: with no negative prompt given, guide away from the caption's scene held still
-# (captions.still_caption) instead of from the empty caption.
 DEFAULTS: dict[str, int | float] = {"height": scenes.DEFAULT_HEIGHT, "width": scenes.DEFAULT_WIDTH,
                                     "frames": scenes.DEFAULT_FRAMES, "steps": 20, "guidance_scale": 4.0,
-                                    "threshold": 0.9, "error_bound": 0.05, "dense_steps": 0, "still_negative": True}
+                                    "threshold": 0.9, "error_bound": 0.05, "dense_steps": 0}
 
 
 def default_folder() -> Path:
@@ -167,13 +165,6 @@ class DemoPipeline:
             module.load_state_dict(part, strict=True)
 
     @torch.no_grad()
-    def negative_prompt(self, prompt: str, given: str | None = None) -> str:
-        """The negative prompt a clip is guided away from: the one given, else (``defaults.still_negative``)
-        the caption's scene held still, else the empty caption."""
-        if given:
-            return given
-        return captions.still_caption(prompt) if self.defaults.get("still_negative") else ""
-
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         ids = tokenize(texts, self.vocab).to(self._execution_device)
         return self.text_encoder(ids)
@@ -254,7 +245,7 @@ class DemoAdapter(WanAdapter):
 
     def encode(self, pipe: Any, prompt: str, negative_prompt: str | None, guidance_scale: float) -> Conditioning:
         positive = pipe.encode_text([prompt])
-        negative = pipe.encode_text([pipe.negative_prompt(prompt, negative_prompt)]) if guidance_scale > 1.0 else None
+        negative = pipe.encode_text([negative_prompt or ""]) if guidance_scale > 1.0 else None
         return Conditioning(positive, negative, guidance_scale)
 
     def initial_latents(self, pipe: Any, height: int, width: int, frames: int, seed: int) -> torch.Tensor:

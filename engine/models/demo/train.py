@@ -85,8 +85,7 @@ def sample(pipe: DemoPipeline, prompts: list[str], seed: int, steps: int, guidan
     adapter = DemoAdapter()
     h, w = scenes.DEFAULT_HEIGHT, scenes.DEFAULT_WIDTH
     latents = torch.cat([adapter.initial_latents(pipe, h, w, frames, seed + i) for i in range(len(prompts))])
-    negatives = pipe.encode_text([pipe.negative_prompt(p) for p in prompts])
-    conditioning = Conditioning(pipe.encode_text(prompts), negatives, guidance)
+    conditioning = Conditioning(pipe.encode_text(prompts), pipe.encode_text([""] * len(prompts)), guidance)
     trajectory = Trajectory(pipe, adapter, conditioning, latents, steps)
     while not trajectory.done:
         trajectory.step()

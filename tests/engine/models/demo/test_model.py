@@ -45,18 +45,6 @@ def test_unknown_words_map_to_unk_and_never_fail(demo):
     assert embeds[1].abs().max() == 0  # the empty prompt is the unconditional embedding
 
 
-def test_guidance_pushes_away_from_the_scene_held_still_unless_told_otherwise(demo, monkeypatch):
-    pipe, adapter, caption = demo.pipe, demo.adapter, "a red ball floats up against a blue background"
-    still = pipe.encode_text(["a red circle on a blue background"])
-    assert torch.equal(adapter.encode(pipe, caption, None, 2.0).negative_embeds, still)
-    assert torch.equal(adapter.encode(pipe, caption, "a blue circle", 2.0).negative_embeds,
-                       pipe.encode_text(["a blue circle"])), "a negative prompt the user gives wins"
-    assert adapter.encode(pipe, "a red circle", "", 2.0).negative_embeds.abs().max() == 0, "no motion: unconditional"
-    assert adapter.encode(pipe, caption, None, 1.0).negative_embeds is None, "no guidance: no negative pass"
-    monkeypatch.setitem(pipe.defaults, "still_negative", False)
-    assert adapter.encode(pipe, caption, None, 2.0).negative_embeds.abs().max() == 0
-
-
 def test_padding_positions_are_zero_as_in_wan():
     encoder = WordEncoder(10).eval()
     out = encoder(torch.tensor([[3, 4, 0, 0]]))
