@@ -92,6 +92,12 @@ def sample(pipe: DemoPipeline, prompts: list[str], seed: int, steps: int, guidan
     return np.stack([adapter.decode(pipe, trajectory.latents[i : i + 1]) for i in range(len(prompts))])
 
 
+def noise_levels(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """Training noise levels from uniform ``u``: the sampler's time shift (``--noise-shift``), so a larger shift
+    puts more examples at the noisiest levels, as the sampler puts more of its steps there."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
 def lr_at(step: int, args: argparse.Namespace, resumed_at: int) -> float:
     """Linear warm-up (and a short re-warm after a resume), then cosine decay to 10% at ``--steps``."""
     warm = min(1.0, (step + 1) / args.warmup, (step - resumed_at + 1) / REWARM_STEPS if resumed_at else 1.0)
@@ -194,7 +200,8 @@ def train(args: argparse.Namespace) -> dict:
              "locality_anchor": args.locality_anchor, "locality_far": args.locality_far or [],
              "consistency_teacher": args.consistency_teacher,
              "local_below": args.local_below if args.local_below is not None else 1.0,
-             "motion_weights": args.motion_weights or {}, "layers": layers, "clock": clock}
+             "motion_weights": args.motion_weights or {}, "noise_shift": args.noise_shift, "layers": layers,
+             "clock": clock}
     if initial is not None:
         init = Path(args.init)
         pipe.load_state_dict(initial.state_dict())
@@ -221,7 +228,7 @@ def train(args: argparse.Namespace) -> dict:
             raise RunError(f"{out} trains {state.get('frames', scenes.DEFAULT_FRAMES)}-frame clips; resume it "
                              f"without --frames, or start a new run (--init) at {args.frames} frames")
         # a resume may change its priors
-        for knob in ("locality", "consistency", "local_below", "motion_weights", "locality_far"):
+        for knob in ("locality", "consistency", "local_below", "motion_weights", "locality_far", "noise_shift"):
             if getattr(args, knob) is not None:
                 state[knob] = getattr(args, knob)
         for flag in ("locality_anchor", "consistency_teacher"):  # switched on for good once given
@@ -250,7 +257,7 @@ def train(args: argparse.Namespace) -> dict:
                         prefetch_factor=4 if args.workers else None)
     generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + resumed_at)
     unk = pipe.vocab.index(UNK)
-    shift = pipe.scheduler.config.shift
+    shift = state.get("noise_shift") or pipe.scheduler.config.shift
     local_below = state.get("local_below", 1.0)
     step, started, losses, objectives, outsides, gaps = resumed_at, time.perf_counter(), [], [], [], []
 
@@ -285,7 +292,7 @@ def train(args: argparse.Namespace) -> dict:
             drop_word = (torch.rand(ids.shape, device=device, generator=generator) < WORD_DROPOUT) & (ids > unk)
             ids = torch.where(drop_word, unk, ids).masked_fill(drop_text, 0)
             u = torch.rand(b, device=device, generator=generator)
-            sigma = shift * u / (1 + (shift - 1) * u)
+            sigma = noise_levels(u, shift)
             noise = torch.randn(x0.shape, device=device, generator=generator)
             s = sigma.view(b, 1, 1, 1, 1)
             noisy = (1 - s) * x0 + s * noise
@@ -371,7 +378,7 @@ def train(args: argparse.Namespace) -> dict:
                 "locality_far": state.get("locality_far", []),
                 "consistency_teacher": state.get("consistency_teacher", False),
                 "local_below": local_below, "motion_weights": state.get("motion_weights", {}),
-                "layers": state["layers"], "clock": state["clock"],
+                "noise_shift": shift, "layers": state["layers"], "clock": state["clock"],
                 "device": device_name(device), "torch": torch.__version__}
         if "init" in state:
             card["init"] = state["init"]
@@ -392,18 +399,27 @@ def _frame_offsets(text: str) -> list[int]:
     return offsets
 
 
+def _positive(text: str) -> float:
+    """A finite number above 0 (``--noise-shift``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
 def _motion_weight(text: str) -> tuple[str, float]:
     """``MOTION=W`` of ``--motion-weight``: a known motion and a positive weight."""
     motion, _, weight = text.partition("=")
     if motion not in scenes.MOTIONS:
         raise argparse.ArgumentTypeError(f"unknown motion {motion!r}; one of {', '.join(scenes.MOTIONS)}")
     try:
-        value = float(weight)
-    except ValueError:
-        value = 0.0
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r}: the weight after '=' must be a positive number, e.g. {motion}=3")
-    return motion, value
+        return motion, _positive(weight)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the weight after '=' must be a positive number, e.g. {motion}=3") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -465,6 +481,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="draw training clips of MOTION W times as often as the others (repeatable; e.g. recolor=3 "
                         f"to drill a weak motion; motions: {', '.join(scenes.MOTIONS)}); a resumed run keeps its own "
                         "unless given")
+    p.add_argument("--noise-shift", type=_positive, metavar="S",
+                   help="train noise levels u*S/(1+(S-1)*u), u uniform: a larger S trains the noisiest levels more "
+                        "often, where a clip's motion is decided (its first 2-5 sampling steps); default: the "
+                        "sampler's shift (2); a resumed run keeps its own unless given")
     p.add_argument("--max-minutes", type=float, default=8.0, help="stop and checkpoint after this long")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--init", help="start from the weights of a saved demo model folder (fine-tune) instead of random")

@@ -144,6 +144,25 @@ def test_motion_weights_are_checked_on_the_command_line_and_recorded_by_the_run(
     assert exported["training"]["motion_weights"] == {"recolor": 3.0, "up": 1.5}
 
 
+def test_a_larger_noise_shift_trains_the_noisiest_levels_more_and_a_resume_keeps_it(tmp_path, capsys):
+    from calibstudio.engine.models.demo.train import noise_levels, parse_args, train
+
+    u = torch.linspace(0, 1, 10_001)
+    assert noise_levels(u, 1.0).equal(u) and noise_levels(u, 4.0)[[0, -1]].tolist() == [0.0, 1.0]
+    share = [(noise_levels(u, shift) >= 0.85).float().mean().item() for shift in (2.0, 4.0)]
+    assert 0.25 < share[0] < 0.27 and 0.40 < share[1] < 0.42  # of the examples at the 5 dense steps' levels
+    for bad in ("0", "-2", "x", "inf"):
+        with pytest.raises(SystemExit):
+            parse_args(["--noise-shift", bad])
+        assert "--noise-shift" in capsys.readouterr().err
+    common = ["--out", str(tmp_path), "--batch", "1", "--workers", "0", "--eval-clips", "0", "--frames", "8"]
+    train(parse_args([*common, "--steps", "1", "--noise-shift", "4"]))
+    train(parse_args([*common, "--steps", "2", "--resume", "--export-partial"]))
+    assert json.loads((tmp_path / "demo_model" / "config.json").read_text())["training"]["noise_shift"] == 4.0
+    train(parse_args(["--out", str(tmp_path / "plain"), *common[2:], "--steps", "1"]))
+    assert json.loads((tmp_path / "plain" / "demo_model" / "config.json").read_text())["training"]["noise_shift"] == 2.0
+
+
 def test_far_locality_windows_are_checked_on_the_command_line_and_kept_by_a_resume(tmp_path, capsys):
     from calibstudio.engine.models.demo.train import parse_args, train
 
