@@ -50,6 +50,7 @@ from calibstudio.app.job_request import (
 from calibstudio.app.job_runner import JobRunner
 from calibstudio.app.profile_model import ProfileModel
 from calibstudio.app.threshold_panel import ThresholdSpinBox
+from calibstudio.engine.models.demo.folder import default_folder, saved_defaults
 
 SEED_MAX = 2**31 - 1
 BUTTON_TEXT = {"calibrate": "Calibrate", "generate": "Generate", "compare": "Compare"}
@@ -194,6 +195,9 @@ class JobPanel(QWidget):
         runner.job_cancelled.connect(lambda kind: self._job_ended(f"{kind} cancelled; nothing was written"))
         runner.model_loaded.connect(self._model_loaded)
         runner.client.state_changed.connect(lambda _: self.update_enabled())
+        # The bundled model's own defaults (read without torch) until the engine's arrive with the model:
+        # a job sent before then asks for the clip the model was made for.
+        self._fill_form(saved_defaults(default_folder()))
         self._apply_size_steps()
         self._profile_opened()  # a profile opened before the panel existed is the job's profile too
         self.update_enabled()
@@ -357,16 +361,20 @@ class JobPanel(QWidget):
         before_a_job = current is not None and current.then is not None
         if spec == self._defaults_for and not before_a_job:  # never change the form under a job just sent
             self._defaults_for = None
-            for key, box in (("height", self.height_box), ("width", self.width_box), ("frames", self.frames_box),
-                             ("steps", self.steps_box), ("dense_steps", self.dense_steps_box)):
-                if isinstance(defaults.get(key), int):
-                    box.setValue(defaults[key])
-            bound = defaults.get("error_bound")
-            self.error_bound_box.setValue(float(bound) if isinstance(bound, (int, float)) else 0.0)
+            self._fill_form(defaults)
             self._offer_shipped_profile(defaults.get("profile"))
             self.show_message(f"model {spec} loaded: {defaults.get('width')}×{defaults.get('height')}, "
                               f"{defaults.get('frames')} frames, {defaults.get('steps')} steps by default")
         self.update_enabled()
+
+    def _fill_form(self, defaults: dict) -> None:
+        """A model's defaults into the form: size, frames, steps, dense first steps and error bound."""
+        for key, box in (("height", self.height_box), ("width", self.width_box), ("frames", self.frames_box),
+                         ("steps", self.steps_box), ("dense_steps", self.dense_steps_box)):
+            if isinstance(defaults.get(key), int):
+                box.setValue(defaults[key])
+        bound = defaults.get("error_bound")
+        self.error_bound_box.setValue(float(bound) if isinstance(bound, (int, float)) else 0.0)
 
     def _offer_shipped_profile(self, shipped: object) -> None:
         """Make a model's shipped profile the job's profile (compare at once) when the field is empty or

@@ -13,6 +13,7 @@ from calibstudio.app.job_panel import format_eta
 from calibstudio.app.job_request import JobRequest, validate
 from calibstudio.app.main_window import MainWindow
 from calibstudio.app.settings import open_settings
+from calibstudio.engine.models.demo.folder import default_folder, saved_defaults
 
 FAKE = str(Path(__file__).with_name("fake_engine.py"))
 
@@ -158,6 +159,16 @@ def test_form_is_remembered_between_sessions(dark_app, qtbot, settings_file, sma
     assert (restored.prompt, restored.seed, restored.frames, restored.profile, restored.mode, restored.error_bound,
             restored.compile) == ("a green triangle grows", 1234, 17, str(small_profile), "dense", 0.08, True)
     assert restored.args("generate")["compile"] is True
+
+
+def test_a_first_session_asks_for_the_bundled_models_clip_before_the_engine_answers(window):
+    """A job sent before the model has loaded gets the clip the bundled model was made for, not a generic size."""
+    shipped = saved_defaults(default_folder())
+    request = window.job_panel.request()
+    assert (request.model, request.height, request.width, request.frames, request.steps, request.dense_steps) == (
+        "demo", shipped["height"], shipped["width"], shipped["frames"], shipped["steps"], shipped["dense_steps"])
+    assert (request.frames, request.dense_steps) == (32, 5)  # the shipped v4, not the 16-frame form of v1
+    assert window.model.dense_steps == shipped["dense_steps"]  # and the predicted speedup counts its dense steps
 
 
 def test_dense_first_steps_feed_the_request_and_the_prediction(fake_window):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 from calibstudio.engine.atomic import atomic_write
 from calibstudio.engine.models.base import Conditioning, ModelLoadError
 from calibstudio.engine.models.demo import scenes
-from calibstudio.engine.models.demo.folder import CONFIG, NAME, WEIGHTS
+from calibstudio.engine.models.demo.folder import CONFIG, NAME, WEIGHTS, default_folder
 from calibstudio.engine.models.demo.text import WordEncoder, grammar_vocabulary, tokenize
 from calibstudio.engine.models.wan import WanAdapter
 
@@ -53,11 +52,6 @@ SCHEDULER_SHIFT = 2.0
 DEFAULTS: dict[str, int | float] = {"height": scenes.DEFAULT_HEIGHT, "width": scenes.DEFAULT_WIDTH,
                                     "frames": scenes.DEFAULT_FRAMES, "steps": 20, "guidance_scale": 4.0,
                                     "threshold": 0.9, "error_bound": 0.05, "dense_steps": 0}
-
-
-def default_folder() -> Path:
-    """Where the shipped weights live (inside the installed package)."""
-    return Path(str(resources.files("calibstudio.resources").joinpath("demo_model")))
 
 
 class DemoPipeline:

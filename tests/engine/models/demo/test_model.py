@@ -187,13 +187,14 @@ def test_fine_tuning_from_a_folder_without_a_model_is_one_clear_error(tmp_path, 
 
 def test_a_trained_demo_folder_loads_as_a_model_with_its_own_defaults(demo, tmp_path, monkeypatch):
     from calibstudio.app.job_request import DEMO_RULE, size_rule
-    from calibstudio.engine.models.demo.folder import PROFILE, is_demo_folder
+    from calibstudio.engine.models.demo.folder import PROFILE, is_demo_folder, saved_defaults
     from calibstudio.engine.models.demo.model import DemoAdapter
 
     # its own recommendation and error bound
     monkeypatch.setattr(demo.pipe, "defaults", {**demo.pipe.defaults, "threshold": 0.95, "error_bound": 0.05})
     save_demo(demo.pipe, tmp_path)
     assert is_demo_folder(tmp_path) and size_rule(str(tmp_path)) is DEMO_RULE  # the studio checks sizes the same way
+    assert saved_defaults(tmp_path)["threshold"] == 0.95  # what the studio's form reads before the engine loads it
     loaded = load_model(str(tmp_path), "cpu")
     assert isinstance(loaded.adapter, DemoAdapter)
     assert loaded.threshold(None) == 0.95 and loaded.defaults["frames"] == demo.defaults["frames"]
@@ -202,6 +203,8 @@ def test_a_trained_demo_folder_loads_as_a_model_with_its_own_defaults(demo, tmp_
     (tmp_path / WEIGHTS).unlink()
     with pytest.raises(ModelLoadError, match="lacks model.safetensors; export it again"):
         load_model(str(tmp_path), "cpu")
+    (tmp_path / CONFIG).write_text("{not json")
+    assert saved_defaults(tmp_path) == {}  # the form keeps its own values; loading the model names the problem
 
 
 def test_training_at_another_clip_length_exports_a_model_of_that_length(tmp_path, capsys):
