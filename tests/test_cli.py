@@ -230,3 +230,14 @@ def test_bad_outputs_and_step_counts_fail_before_any_work(tmp_path):
         assert result.returncode == 1, (args, result.stderr)
         assert message in result.stderr and result.stderr.count("calibstudio: error:") == 1, (args, result.stderr)
     assert [p.name for p in tmp_path.iterdir()] == ["p.txt"]
+
+
+def test_options_are_taken_by_their_full_names_only(capsys):
+    """`--mode dense` (no such option) is named as unknown, not read as `--model dense`."""
+    parser = build_parser()
+    for argv, unknown in ((["generate", "--mode", "dense", "--prompt", "x", "--out", "c.mp4"], "--mode dense"),
+                          (["profile", "show", "p.safetensors", "--thresh", "0.9"], "--thresh 0.9")):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(argv)
+        assert exit_.value.code == 2 and f"unrecognized arguments: {unknown}" in capsys.readouterr().err
+    assert parser.parse_args(["generate", "--model", "tiny", "--prompt", "x", "--out", "c.mp4"]).model == "tiny"

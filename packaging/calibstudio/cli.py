@@ -244,9 +244,17 @@ def _sparse_options(job: argparse.ArgumentParser, profile_help: str) -> None:
     job.add_argument("--prompt", required=True, help="text prompt")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Options only by their full names: argparse's prefix matching would read ``generate --mode dense`` as
+    ``--model dense`` and fail on a model called "dense"; unknown options are named instead."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The one parser for every subcommand (also used to render ``--help`` in the docs)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="calibstudio",
         description="Calibrated block-sparse attention for text-to-video diffusion transformers: "
                     "calibrate once, inspect the masks, generate faster.")
