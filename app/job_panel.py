@@ -368,7 +368,9 @@ class JobPanel(QWidget):
         self.update_enabled()
 
     def _fill_form(self, defaults: dict) -> None:
-        """A model's defaults into the form: size, frames, steps, dense first steps and error bound."""
+        """A model's defaults into the form: size, frames, steps, dense first steps and error bound (a model
+        that names no dense steps or bound has none: the previous model's must not carry over)."""
+        defaults = {"dense_steps": 0, **defaults}
         for key, box in (("height", self.height_box), ("width", self.width_box), ("frames", self.frames_box),
                          ("steps", self.steps_box), ("dense_steps", self.dense_steps_box)):
             if isinstance(defaults.get(key), int):
