@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibstudio.cli import build_parser
+from calibstudio.cli import build_parser, main
 from calibstudio.engine.profile import Profile, build_profile
 
 
@@ -211,7 +211,7 @@ def test_calibrate_generate_compare_on_the_tiny_model(tmp_path):
     assert missing.returncode == 1 and "nor a local model folder" in missing.stderr
 
 
-def test_bad_outputs_and_step_counts_fail_before_any_work(tmp_path):
+def test_bad_outputs_and_step_counts_fail_before_any_work(tmp_path, capsys):
     """A wrong --out or an impossible step count is named at once: no model load, no clip of noise."""
     cases = [
         (("generate", "--prompt", "x", "--out", str(tmp_path / "clip")), "ending in .mp4"),
@@ -225,10 +225,10 @@ def test_bad_outputs_and_step_counts_fail_before_any_work(tmp_path):
          "at least one denoising step"),
     ]
     (tmp_path / "p.txt").write_text("a red circle moves left on a blue background\n")
-    for args, message in cases:
-        result = run(*args)
-        assert result.returncode == 1, (args, result.stderr)
-        assert message in result.stderr and result.stderr.count("calibstudio: error:") == 1, (args, result.stderr)
+    for args, message in cases:  # in-process: the command's own main(), one interpreter start for all cases
+        code, err = main(list(args)), capsys.readouterr().err
+        assert code == 1, (args, err)
+        assert message in err and err.count("calibstudio: error:") == 1, (args, err)
     assert [p.name for p in tmp_path.iterdir()] == ["p.txt"]
 
 
