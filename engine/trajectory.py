@@ -48,10 +48,12 @@ class Trajectory:
         if self.hook is not None:
             self.hook.install()
         try:
-            noise = predict(self.pipe, model_input, t, c.prompt_embeds)
+            cond = noise = predict(self.pipe, model_input, t, c.prompt_embeds)
             if c.negative_embeds is not None:
                 uncond = predict(self.pipe, model_input, t, c.negative_embeds)
-                noise = uncond + c.guidance_scale * (noise - uncond)
+                noise = uncond + c.guidance_scale * (cond - uncond)
+            if c.contrast_embeds is not None and self.index < c.contrast_steps:
+                noise = noise + c.contrast_scale * (cond - predict(self.pipe, model_input, t, c.contrast_embeds))
         finally:
             if self.hook is not None:
                 self.hook.remove()

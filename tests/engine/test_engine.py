@@ -23,6 +23,7 @@ from calibstudio.engine.models.tiny import save_tiny_wan, tiny_wan_pipeline  # n
 from calibstudio.engine.models.wan import WanAdapter, load_wan  # noqa: E402
 from calibstudio.engine.profile import Profile, ProfileMeta, ProfileWriter  # noqa: E402
 from calibstudio.engine.progress import Cancelled, Progress  # noqa: E402
+from calibstudio.engine.trajectory import Trajectory  # noqa: E402
 from calibstudio.kernels.attention import DENSE_ABOVE  # noqa: E402
 
 SIZE = {"height": 64, "width": 128, "frames": 9}  # 3 x 4 x 8 = 96 video tokens
@@ -84,6 +85,29 @@ def test_same_seed_gives_the_same_dense_clip(pipe, adapter):
     assert a.shape == (9, 64, 128, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, generate(pipe, adapter, _settings(seed=4)).frames)
+
+
+def test_a_contrast_prompt_steers_the_first_steps_only(pipe, adapter):
+    """Reverse guidance (the demo model's): u + g (c - u) + w (c - r) while the motion is decided, plain after."""
+    plain = adapter.encode(pipe, "a red circle moves left", None, 2.0)
+    contrast = adapter.encode(pipe, "a red circle moves right", None, 1.0).prompt_embeds
+    steered = replace(plain, contrast_embeds=contrast, contrast_scale=3.0, contrast_steps=1)
+    latents = adapter.initial_latents(pipe, **SIZE, seed=3)
+    a, b = (Trajectory(pipe, adapter, c, latents, STEPS) for c in (steered, plain))
+
+    t = a.timesteps[0]
+    c, u, r = (adapter.predict(pipe, latents, t, e) for e in (plain.prompt_embeds, plain.negative_embeds, contrast))
+    scheduler = copy.deepcopy(a.scheduler)
+    expected = scheduler.step(u + 2.0 * (c - u) + 3.0 * (c - r), t, latents, return_dict=False)[0]
+    a.step()
+    b.step()
+    torch.testing.assert_close(a.latents, expected)
+    assert not torch.allclose(a.latents, b.latents)
+    b.latents = a.latents.clone()  # from the same point, the steps after the first are plain ones
+    while not a.done:
+        a.step()
+        b.step()
+    torch.testing.assert_close(a.latents, b.latents, rtol=0, atol=0)
 
 
 def test_sparse_with_an_all_ones_profile_equals_dense(pipe, adapter, tmp_path):

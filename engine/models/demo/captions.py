@@ -249,6 +249,32 @@ def parse_caption(text: object) -> ParsedCaption:
         return ParsedCaption()
 
 
+_REVERSED_MOTION = {"left": "right", "right": "left", "up": "down", "down": "up", "grow": "shrink", "shrink": "grow"}
+
+
+def reversed_caption(text: str) -> str | None:
+    """The canonical caption of ``text``'s scene played backwards: "a red circle rises ..." -> "a red circle
+    moves down ...", a colour change with its two colours swapped. None where the clip reads the same
+    backwards (bounces) or the caption does not name a whole, drawable scene.
+
+    The demo model's sampler guides away from it (``DemoAdapter.encode``): Wan's RoPE tells the model how far
+    apart two frames are but not which end of the clip it is at, and its misses run the motion backwards or
+    there and back (docs/demo-model/motion-experiment.json).
+    """
+    p = parse_caption(text)
+    if not p.complete or p.motion not in (*_REVERSED_MOTION, "recolor"):
+        return None
+    try:
+        if p.motion == "recolor":
+            scene = Scene(shape=p.shape, color=p.target_color, background=p.background, motion="recolor",
+                          target_color=p.color)
+        else:
+            scene = Scene(shape=p.shape, color=p.color, background=p.background, motion=_REVERSED_MOTION[p.motion])
+    except ValueError:  # e.g. the shape in the background's colour: no such scene to steer away from
+        return None
+    return caption(scene)
+
+
 # --- Splits and ground truth ------------------------------------------------------------------------
 
 

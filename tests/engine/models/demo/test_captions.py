@@ -11,6 +11,7 @@ from calibstudio.engine.models.demo.captions import (
     caption_held_out,
     example,
     parse_caption,
+    reversed_caption,
     scene_from_caption,
     split_held_out,
 )
@@ -53,6 +54,23 @@ def test_canonical_caption():
     assert caption(Scene("star", "orange", "black", "recolor", target_color="white")) == (
         "an orange star changes colour to white on a black background"
     )
+
+
+def test_a_caption_played_backwards():
+    """What reverse guidance steers away from: the same scene with its motion run the other way."""
+    assert reversed_caption("Against a green background, an orange rhombus rises") == (
+        "an orange diamond moves down on a green background")
+    assert reversed_caption("a white ball contracts over a gray background") == (
+        "a white circle grows on a gray background")
+    assert reversed_caption("a yellow ball changes color to red against a blue background") == (
+        "a red circle changes colour to yellow on a blue background")
+    for scene in _covering_scenes():  # every paraphrase of a one-way motion reverses; backwards twice is forwards
+        if scene.motion.startswith("bounce"):
+            assert reversed_caption(caption(scene)) is None
+        else:
+            assert reversed_caption(reversed_caption(caption(scene))) == caption(scene)
+    for text in ("a red circle moves", "moves up", "", "a blue circle moves up on a blue background"):
+        assert reversed_caption(text) is None  # no whole scene, or none that can be drawn
 
 
 def test_every_paraphrase_parses_back():

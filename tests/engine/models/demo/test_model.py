@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -87,6 +88,19 @@ def test_a_generated_clip_follows_its_caption(demo):
     assert clip.frames.shape == (16, 64, 64, 3) and clip.frames.dtype == np.uint8
     result = check_clip(clip.frames, caption, (0, 255))
     assert result.background_ok and result.color_ok and result.shape_ok and result.direction_ok, result.reading
+
+
+def test_the_shipped_model_steers_away_from_its_caption_played_backwards(demo):
+    """Reverse guidance is on for the shipped model, where a motion has a way back; a model without it gets none."""
+    pipe, adapter = demo.pipe, DemoAdapter()
+    up = adapter.encode(pipe, "a red ball floats up against a blue background", None, 2.0)
+    assert (up.contrast_scale, up.contrast_steps) == (4.0, 5)
+    torch.testing.assert_close(up.contrast_embeds, pipe.encode_text(["a red circle moves down on a blue background"]))
+    bounce = adapter.encode(pipe, "a red ball bounces up and down on a blue background", None, 2.0)
+    assert bounce.contrast_embeds is None
+    plain = copy.copy(pipe)
+    plain.defaults = {**pipe.defaults, "reverse_guidance": 0.0}
+    assert adapter.encode(plain, "a red ball floats up against a blue background", None, 2.0).contrast_embeds is None
 
 
 def test_preview_is_the_middle_frame_in_true_colour(demo):
