@@ -39,8 +39,9 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
 
     ``profile_path`` None: the profile shipped with the model; ``threshold`` None: the model's recommended
     one; ``dense_steps`` and ``guidance_scale`` None: the model's. ``density`` is the mean over the sparse
-    clip's steps, its dense first steps counted as 1. ``per_prompt``: each caption's seed, PSNR, SSIM and,
-    for both clips, the verdicts and what was read (``ClipReading.describe``).
+    clip's steps, its dense first steps counted as 1. ``reverse_guidance(_steps)``: the model's sampler setting
+    (``DemoAdapter.encode``), recorded since it moves the direction score. ``per_prompt``: each caption's seed,
+    PSNR, SSIM and, for both clips, the verdicts and what was read (``ClipReading.describe``).
     """
     if not prompts:
         raise ValueError("no prompts to evaluate (one caption a line)")
@@ -76,6 +77,8 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
             "psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)),
             "speedup": dense_ms / max(sparse_ms, 1e-9), "threshold": threshold, "density": density,
             "dense_steps": dense_steps, "guidance_scale": guidance_scale, "compile": compile,
+            "reverse_guidance": float(d["reverse_guidance"]),
+            "reverse_guidance_steps": int(d["reverse_guidance_steps"]),
             "prompts": len(prompts), "dense_s": dense_ms / 1e3, "sparse_s": sparse_ms / 1e3,
             "device": device_name(device), "torch": torch.__version__, "per_prompt": per_prompt}
 
