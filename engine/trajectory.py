@@ -52,8 +52,8 @@ class Trajectory:
             if c.negative_embeds is not None:
                 uncond = predict(self.pipe, model_input, t, c.negative_embeds)
                 noise = uncond + c.guidance_scale * (cond - uncond)
-            if c.contrast_embeds is not None and self.index < c.contrast_steps:
-                noise = noise + c.contrast_scale * (cond - predict(self.pipe, model_input, t, c.contrast_embeds))
+            for contrast in c.contrast_embeds if self.index < c.contrast_steps else ():
+                noise = noise + c.contrast_scale * (cond - predict(self.pipe, model_input, t, contrast))
         finally:
             if self.hook is not None:
                 self.hook.remove()

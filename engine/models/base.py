@@ -14,15 +14,15 @@ import torch
 class Conditioning:
     """Encoded prompt (and negative prompt when guidance is on), shared by the trajectories of a job.
 
-    ``contrast_embeds``: a prompt to steer away from, besides the negative one, for the first
-    ``contrast_steps`` steps with weight ``contrast_scale`` (the demo model's reverse guidance: its caption
-    played backwards, while the motion is being decided); None for other models.
+    ``contrast_embeds``: prompts to steer away from, besides the negative one, for the first
+    ``contrast_steps`` steps, each with weight ``contrast_scale`` (the demo model's reverse guidance: its
+    caption played backwards and there and back, while the motion is being decided); none for other models.
     """
 
     prompt_embeds: torch.Tensor
     negative_embeds: torch.Tensor | None
     guidance_scale: float
-    contrast_embeds: torch.Tensor | None = None
+    contrast_embeds: tuple[torch.Tensor, ...] = ()
     contrast_scale: float = 0.0
     contrast_steps: int = 0
 

@@ -87,18 +87,22 @@ def test_same_seed_gives_the_same_dense_clip(pipe, adapter):
     assert not np.array_equal(a, generate(pipe, adapter, _settings(seed=4)).frames)
 
 
-def test_a_contrast_prompt_steers_the_first_steps_only(pipe, adapter):
-    """Reverse guidance (the demo model's): u + g (c - u) + w (c - r) while the motion is decided, plain after."""
+def test_contrast_prompts_steer_the_first_steps_only(pipe, adapter):
+    """Reverse guidance (the demo model's): u + g (c - u) + w (c - r1) + w (c - r2) while the motion is decided,
+    plain after."""
     plain = adapter.encode(pipe, "a red circle moves left", None, 2.0)
-    contrast = adapter.encode(pipe, "a red circle moves right", None, 1.0).prompt_embeds
-    steered = replace(plain, contrast_embeds=contrast, contrast_scale=3.0, contrast_steps=1)
+    r1, r2 = (adapter.encode(pipe, text, None, 1.0).prompt_embeds
+              for text in ("a red circle moves right", "a red circle bounces from side to side"))
+    steered = replace(plain, contrast_embeds=(r1, r2), contrast_scale=3.0, contrast_steps=1)
     latents = adapter.initial_latents(pipe, **SIZE, seed=3)
     a, b = (Trajectory(pipe, adapter, c, latents, STEPS) for c in (steered, plain))
 
     t = a.timesteps[0]
-    c, u, r = (adapter.predict(pipe, latents, t, e) for e in (plain.prompt_embeds, plain.negative_embeds, contrast))
+    c, u, back, bounce = (adapter.predict(pipe, latents, t, e) for e in (plain.prompt_embeds, plain.negative_embeds,
+                                                                         r1, r2))
     scheduler = copy.deepcopy(a.scheduler)
-    expected = scheduler.step(u + 2.0 * (c - u) + 3.0 * (c - r), t, latents, return_dict=False)[0]
+    expected = scheduler.step(u + 2.0 * (c - u) + 3.0 * (c - back) + 3.0 * (c - bounce), t, latents,
+                              return_dict=False)[0]
     a.step()
     b.step()
     torch.testing.assert_close(a.latents, expected)

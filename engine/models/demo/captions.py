@@ -250,6 +250,7 @@ def parse_caption(text: object) -> ParsedCaption:
 
 
 _REVERSED_MOTION = {"left": "right", "right": "left", "up": "down", "down": "up", "grow": "shrink", "shrink": "grow"}
+_BOUNCE_ON_AXIS = {"left": "bounce_lr", "right": "bounce_lr", "up": "bounce_ud", "down": "bounce_ud"}
 
 
 def reversed_caption(text: str) -> str | None:
@@ -273,6 +274,22 @@ def reversed_caption(text: str) -> str | None:
     except ValueError:  # e.g. the shape in the background's colour: no such scene to steer away from
         return None
     return caption(scene)
+
+
+def contrast_captions(text: str) -> tuple[str, ...]:
+    """What the demo model's motion misses look like for ``text``, for its sampler to steer away from: the
+    scene played backwards (:func:`reversed_caption`) and, for a straight move, there and back (the bounce on
+    its axis: "rises" -> "bounces up and down"). Empty where the clip reads the same backwards (bounces) or the
+    caption does not name a whole, drawable scene.
+    """
+    backwards = reversed_caption(text)
+    if backwards is None:
+        return ()
+    p = parse_caption(text)
+    if p.motion not in _BOUNCE_ON_AXIS:
+        return (backwards,)
+    there_and_back = Scene(shape=p.shape, color=p.color, background=p.background, motion=_BOUNCE_ON_AXIS[p.motion])
+    return (backwards, caption(there_and_back))
 
 
 # --- Splits and ground truth ------------------------------------------------------------------------

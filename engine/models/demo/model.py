@@ -49,9 +49,10 @@ SCHEDULER_SHIFT = 2.0
 # (engine/error_bound.py). 0.05 brought the locality models' sparse adherence level with dense
 # (docs/demo-model/consistency-experiment.json).
 # dense_steps: train exports the steps above its --local-below noise level.
-# reverse_guidance(_steps): guidance away from the caption played backwards, with this weight, in the first
-# steps (Conditioning.contrast_*); 0 = off. The shipped v4 uses 4 for its 5 dense steps: held-out direction
-# 77 -> 83% (docs/demo-model/reverse-guidance-experiment.json).
+# reverse_guidance(_steps): guidance away from the caption's motion played backwards and, for a straight move,
+# there and back (captions.contrast_captions), each with this weight, in the first steps (Conditioning.contrast_*);
+# 0 = off. The shipped v4 uses 4 for its 5 dense steps: held-out direction 77 -> 84.7%
+# (docs/demo-model/reverse-guidance-experiment.json).
 DEFAULTS: dict[str, int | float] = {"height": scenes.DEFAULT_HEIGHT, "width": scenes.DEFAULT_WIDTH,
                                     "frames": scenes.DEFAULT_FRAMES, "steps": 20, "guidance_scale": 4.0,
                                     "threshold": 0.9, "error_bound": 0.05, "dense_steps": 0,
@@ -243,13 +244,14 @@ class DemoAdapter(WanAdapter):
 
     def encode(self, pipe: Any, prompt: str, negative_prompt: str | None, guidance_scale: float) -> Conditioning:
         """The caption, the negative prompt and, where the model's defaults ask for reverse guidance, the
-        caption played backwards (``captions.reversed_caption``) to steer away from in the first steps."""
+        caption's motion played backwards and there and back (``captions.contrast_captions``) to steer away
+        from in the first steps."""
         positive = pipe.encode_text([prompt])
         negative = pipe.encode_text([negative_prompt or ""]) if guidance_scale > 1.0 else None
         scale, steps = float(pipe.defaults["reverse_guidance"]), int(pipe.defaults["reverse_guidance_steps"])
-        backwards = captions.reversed_caption(prompt) if scale > 0 and steps > 0 else None
-        contrast = pipe.encode_text([backwards]) if backwards else None
-        return Conditioning(positive, negative, guidance_scale, contrast, scale, steps)
+        texts = captions.contrast_captions(prompt) if scale > 0 and steps > 0 else ()
+        contrasts = tuple(pipe.encode_text(list(texts)).split(1)) if texts else ()
+        return Conditioning(positive, negative, guidance_scale, contrasts, scale, steps)
 
     def initial_latents(self, pipe: Any, height: int, width: int, frames: int, seed: int) -> torch.Tensor:
         self.token_grid(pipe, height, width, frames)

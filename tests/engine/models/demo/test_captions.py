@@ -9,6 +9,7 @@ from calibstudio.engine.models.demo.captions import (
     all_captions,
     caption,
     caption_held_out,
+    contrast_captions,
     example,
     parse_caption,
     reversed_caption,
@@ -71,6 +72,21 @@ def test_a_caption_played_backwards():
             assert reversed_caption(reversed_caption(caption(scene))) == caption(scene)
     for text in ("a red circle moves", "moves up", "", "a blue circle moves up on a blue background"):
         assert reversed_caption(text) is None  # no whole scene, or none that can be drawn
+
+
+def test_what_a_motion_is_misread_as():
+    """Reverse guidance's contrasts: backwards for every one-way motion, and there and back for a straight move."""
+    assert contrast_captions("Against a green background, an orange rhombus rises") == (
+        "an orange diamond moves down on a green background",
+        "an orange diamond bounces up and down on a green background")
+    assert contrast_captions("a white ball drifts left over a gray background") == (
+        "a white circle moves right on a gray background",
+        "a white circle bounces left and right on a gray background")
+    assert contrast_captions("a white ball contracts over a gray background") == (
+        "a white circle grows on a gray background",)
+    for scene in _covering_scenes():
+        assert contrast_captions(caption(scene))[:1] == tuple(filter(None, [reversed_caption(caption(scene))]))
+    assert contrast_captions("a red circle moves up") == ()
 
 
 def test_every_paraphrase_parses_back():

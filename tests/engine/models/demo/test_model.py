@@ -90,17 +90,23 @@ def test_a_generated_clip_follows_its_caption(demo):
     assert result.background_ok and result.color_ok and result.shape_ok and result.direction_ok, result.reading
 
 
-def test_the_shipped_model_steers_away_from_its_caption_played_backwards(demo):
-    """Reverse guidance is on for the shipped model, where a motion has a way back; a model without it gets none."""
+def test_the_shipped_model_steers_away_from_its_motion_misread(demo):
+    """Reverse guidance is on for the shipped model: away from the motion played backwards and, for a straight
+    move, there and back; a bounce (the same backwards) or a model without it gets none."""
     pipe, adapter = demo.pipe, DemoAdapter()
     up = adapter.encode(pipe, "a red ball floats up against a blue background", None, 2.0)
     assert (up.contrast_scale, up.contrast_steps) == (4.0, 5)
-    torch.testing.assert_close(up.contrast_embeds, pipe.encode_text(["a red circle moves down on a blue background"]))
+    expected = pipe.encode_text(["a red circle moves down on a blue background",
+                                 "a red circle bounces up and down on a blue background"])
+    assert len(up.contrast_embeds) == 2
+    torch.testing.assert_close(torch.cat(up.contrast_embeds), expected)
+    shrink = adapter.encode(pipe, "a red ball shrinks on a blue background", None, 2.0)
+    torch.testing.assert_close(shrink.contrast_embeds, (pipe.encode_text(["a red circle grows on a blue background"]),))
     bounce = adapter.encode(pipe, "a red ball bounces up and down on a blue background", None, 2.0)
-    assert bounce.contrast_embeds is None
+    assert bounce.contrast_embeds == ()
     plain = copy.copy(pipe)
     plain.defaults = {**pipe.defaults, "reverse_guidance": 0.0}
-    assert adapter.encode(plain, "a red ball floats up against a blue background", None, 2.0).contrast_embeds is None
+    assert adapter.encode(plain, "a red ball floats up against a blue background", None, 2.0).contrast_embeds == ()
 
 
 def test_preview_is_the_middle_frame_in_true_colour(demo):
