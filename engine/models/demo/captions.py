@@ -258,7 +258,7 @@ def reversed_caption(text: str) -> str | None:
     moves down ...", a colour change with its two colours swapped. None where the clip reads the same
     backwards (bounces) or the caption does not name a whole, drawable scene.
 
-    The demo model's sampler guides away from it (``DemoAdapter.encode``): Wan's RoPE tells the model how far
+    The demo model's sampler guides away from it (:func:`contrast_captions`): Wan's RoPE tells the model how far
     apart two frames are but not which end of the clip it is at, and its misses run the motion backwards or
     there and back (docs/demo-model/motion-experiment.json).
     """
