@@ -69,10 +69,11 @@ def _(q, k, v, site, layer):
 
 
 class Recorder(Protocol):
-    """What ``record`` mode reports every self-attention call to, after computing it densely."""
+    """What ``record`` mode reports every self-attention call to, after computing it densely (``lse``: the
+    call's row log-sum-exp ``[B, H, S]`` where the dense pass gave it, else None)."""
 
     def add(self, step: int, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-            out: torch.Tensor) -> None: ...
+            out: torch.Tensor, lse: torch.Tensor | None = None) -> None: ...
 
 
 class MassRecorder:
@@ -96,11 +97,11 @@ class MassRecorder:
         raise ProfileError(f"step {step} is outside the calibrated step bins {list(self.step_bins)}")
 
     def add(self, step: int, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-            out: torch.Tensor) -> None:
+            out: torch.Tensor, lse: torch.Tensor | None = None) -> None:
         """Record one dense call (``v`` and the output are not needed for mass)."""
         from calibstudio.kernels.mass import block_mass
 
-        mass = block_mass(q, k, block_q=self.block[0], block_k=self.block[1])
+        mass = block_mass(q, k, lse, block_q=self.block[0], block_k=self.block[1])
         self.mass[self.prompt, self.bin_of(step), layer] += mass.float().cpu().numpy()
 
 
@@ -230,7 +231,13 @@ class AttentionHook:
             layout = self.layout(self.profile.meta.bin_of_step(self.step_source()), layer, q.device, q.dtype)
             if layout is not None:
                 return sparse_attention(q, k, v, layout, backend=self.backend)
-        out = self.dense_fn(q, k, v)
-        if self.mode == "record":
-            self.recorder.add(self.step_source(), layer, q, k, v, out)
+        if self.mode != "record":
+            return self.dense_fn(q, k, v)
+        if self.dense_fn is dense_attention:  # the same dense result, with the LSE the mass needs
+            from calibstudio.kernels.mass import dense_attention_lse
+
+            out, lse = dense_attention_lse(q, k, v)
+        else:
+            out, lse = self.dense_fn(q, k, v), None
+        self.recorder.add(self.step_source(), layer, q, k, v, out, lse)
         return out

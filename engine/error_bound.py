@@ -50,7 +50,7 @@ class ErrorRecorder:
         return self._entries[layer]
 
     def add(self, step: int, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-            out: torch.Tensor) -> None:
+            out: torch.Tensor, lse: torch.Tensor | None = None) -> None:
         from calibstudio.kernels.attention import sparse_attention
         from calibstudio.kernels.layout import BlockLayout
 

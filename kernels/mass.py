@@ -17,7 +17,7 @@ import triton.language as tl
 
 from .triton_fwd import exp2_ftz
 
-__all__ = ["block_mass", "triton_block_mass", "torch_block_mass"]
+__all__ = ["block_mass", "dense_attention_lse", "triton_block_mass", "torch_block_mass"]
 
 _LOG2E = 1.4426950408889634
 
@@ -214,6 +214,25 @@ def torch_block_mass(
     return out
 
 
+def dense_attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense attention on (B, S, H, D) and its row log-sum-exp ``[B, H, S]`` from one pass: what a
+    calibration call needs, so the mass costs no second attention pass for the LSE.
+
+    CUDA: our Triton forward over an all-dense layout. CPU: the flash kernel ``F.scaled_dot_product_attention``
+    itself dispatches to there, which also returns the LSE (so the output is the same as plain SDPA).
+    """
+    if q.is_cuda:
+        from .layout import BlockLayout
+        from .triton_fwd import triton_sparse_attention
+
+        layout = BlockLayout.dense(q.shape[2], q.shape[1], k.shape[1], device=q.device)
+        return triton_sparse_attention(q, k, v, layout, scale=scale, return_lse=True)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
+    return out.transpose(1, 2), lse
+
+
 def block_mass(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -229,10 +248,6 @@ def block_mass(
     """
     if q.is_cuda:
         if lse is None:
-            from .layout import BlockLayout
-            from .triton_fwd import triton_sparse_attention
-
-            layout = BlockLayout.dense(q.shape[2], q.shape[1], k.shape[1], block_q, block_k, device=q.device)
-            _, lse = triton_sparse_attention(q, k, k, layout, scale=scale, return_lse=True)
+            _, lse = dense_attention_lse(q, k, k, scale)
         return triton_block_mass(q, k, lse, block_q, block_k, scale, out)
     return torch_block_mass(q, k, lse, block_q, block_k, scale, out)
