@@ -39,7 +39,8 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
 
     ``profile_path`` None: the profile shipped with the model; ``threshold`` None: the model's recommended
     one; ``dense_steps`` and ``guidance_scale`` None: the model's. ``density`` is the mean over the sparse
-    clip's steps, its dense first steps counted as 1. ``reverse_guidance(_steps)``: the model's sampler setting
+    clip's steps, its dense first steps counted as 1. ``steps``: the profile's; ``sampler``: the pipeline's
+    scheduler class. ``reverse_guidance(_steps)``: the model's sampler setting
     (``DemoAdapter.encode``), recorded since it moves the direction score. ``per_prompt``: each caption's seed,
     PSNR, SSIM and, for both clips, the verdicts and what was read (``ClipReading.describe``).
     """
@@ -54,12 +55,13 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
     sparse: list[Adherence] = []
     per_prompt, dense_ms, sparse_ms = [], 0.0, 0.0
     with Profile.open(loaded.shipped_profile(profile_path)) as profile:
-        dense_steps = loaded.dense_steps(dense_steps, profile.meta.num_steps)
+        steps = profile.meta.num_steps
+        dense_steps = loaded.dense_steps(dense_steps, steps)
         density = profile.density(threshold, dense_steps)
         progress = tqdm_progress()
         for i, prompt in enumerate(prompts):
             settings = GenerationSettings(prompt=prompt, height=int(d["height"]), width=int(d["width"]),
-                                          frames=int(d["frames"]), steps=profile.meta.num_steps, seed=seed + i,
+                                          frames=int(d["frames"]), steps=steps, seed=seed + i,
                                           guidance_scale=guidance_scale, threshold=threshold,
                                           dense_steps=dense_steps, compile=compile)
             result = compare(loaded.pipe, loaded.adapter, settings, profile, progress, backend)
@@ -76,6 +78,7 @@ def evaluate(prompts: list[str], profile_path: str | Path | None = None, thresho
             "direction_by_motion": {"dense": direction_by_motion(dense), "sparse": direction_by_motion(sparse)},
             "psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)),
             "speedup": dense_ms / max(sparse_ms, 1e-9), "threshold": threshold, "density": density,
+            "steps": steps, "sampler": type(loaded.pipe.scheduler).__name__,
             "dense_steps": dense_steps, "guidance_scale": guidance_scale, "compile": compile,
             "reverse_guidance": float(d["reverse_guidance"]),
             "reverse_guidance_steps": int(d["reverse_guidance_steps"]),

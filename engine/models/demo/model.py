@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanTransformer3DModel
 
 from calibstudio.engine.atomic import atomic_write
 from calibstudio.engine.models.base import Conditioning, ModelLoadError
@@ -41,6 +41,20 @@ TRANSFORMER_CONFIG: dict[str, Any] = {
 }
 TEXT_CONFIG: dict[str, Any] = {"dim": 128, "layers": 2, "heads": 4}
 SCHEDULER_SHIFT = 2.0
+# The sampler over the same noise levels (flow matching, shift 2): "euler" (first order, what v1-v4 were
+# evaluated with until session 27) or "unipc" (UniPC multistep in flow mode, Wan's own default sampler: its
+# second-order update reaches Euler's 20-step adherence in fewer steps, docs/demo-model/sampler-experiment.json).
+SAMPLERS = ("euler", "unipc")
+
+
+def make_scheduler(sampler: str = "euler") -> FlowMatchEulerDiscreteScheduler | UniPCMultistepScheduler:
+    """The diffusers scheduler of ``sampler`` (one of ``SAMPLERS``) at the demo model's noise shift."""
+    if sampler == "euler":
+        return FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT)
+    if sampler == "unipc":
+        return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                       flow_shift=SCHEDULER_SHIFT)
+    raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
 # Defaults of a freshly built model (training starts from them; an exported model's config.json carries
 # its own: the shipped v4 has 32 frames, 5 dense steps and guidance 2, see its model card).
 # threshold: the retained-mass tau a shipped profile is meant for (at 0.99 and above v1's diffuse
@@ -63,12 +77,14 @@ class DemoPipeline:
     """What the engine drives: transformer, word encoder, vocabulary and a flow-matching scheduler."""
 
     def __init__(self, transformer: WanTransformer3DModel, text_encoder: WordEncoder, vocab: list[str],
-                 name_or_path: str = NAME, defaults: dict[str, int | float] | None = None) -> None:
+                 name_or_path: str = NAME, defaults: dict[str, int | float] | None = None,
+                 sampler: str = "euler") -> None:
         self.transformer = transformer
         self.text_encoder = text_encoder
         self.vocab = vocab
         self.defaults = {**DEFAULTS, **(defaults or {})}  # clip size, steps, recommended threshold
-        self.scheduler = FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT)
+        self.sampler = sampler
+        self.scheduler = make_scheduler(sampler)
         self.name_or_path = name_or_path
 
     @classmethod
@@ -189,8 +205,8 @@ def save_demo(pipe: DemoPipeline, folder: str | Path, card: dict[str, Any] | Non
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(pipe.state_dict(), folder / WEIGHTS)
     config = {"name": NAME, "transformer": transformer_config(pipe.transformer), "text_encoder": TEXT_CONFIG,
-              "vocab": pipe.vocab, "scheduler_shift": SCHEDULER_SHIFT, "defaults": pipe.defaults,
-              "training": card or {}}
+              "vocab": pipe.vocab, "scheduler_shift": SCHEDULER_SHIFT, "sampler": pipe.sampler,
+              "defaults": pipe.defaults, "training": card or {}}
     atomic_write(folder / CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
     return folder
 
@@ -211,7 +227,8 @@ def load_demo(folder: str | Path | None = None, device: str = "cpu") -> DemoPipe
         vocab = list(config["vocab"])
         transformer = WanTransformer3DModel(**config["transformer"])
         text_encoder = WordEncoder(len(vocab), **config["text_encoder"])
-        pipe = DemoPipeline(transformer, text_encoder, vocab, name_or_path=NAME, defaults=config.get("defaults"))
+        pipe = DemoPipeline(transformer, text_encoder, vocab, name_or_path=NAME, defaults=config.get("defaults"),
+                            sampler=config.get("sampler", "euler"))
         pipe.load_state_dict({k: v.float() for k, v in load_file(folder / WEIGHTS).items()})
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
         raise ModelLoadError(f"the demo model in {folder} is damaged ({error}); {fix}") from None

@@ -37,6 +37,7 @@ from calibstudio.engine.models.demo.adherence import check_clip, direction_by_mo
 from calibstudio.engine.models.demo.locality import LocalityPenalty
 from calibstudio.engine.models.demo.model import (
     CONFIG,
+    SCHEDULER_SHIFT,
     TRANSFORMER_CONFIG,
     DemoAdapter,
     DemoPipeline,
@@ -257,7 +258,7 @@ def train(args: argparse.Namespace) -> dict:
                         prefetch_factor=4 if args.workers else None)
     generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + resumed_at)
     unk = pipe.vocab.index(UNK)
-    shift = state.get("noise_shift") or pipe.scheduler.config.shift
+    shift = state.get("noise_shift") or SCHEDULER_SHIFT
     local_below = state.get("local_below", 1.0)
     step, started, losses, objectives, outsides, gaps = resumed_at, time.perf_counter(), [], [], [], []
 

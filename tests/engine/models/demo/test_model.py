@@ -76,6 +76,19 @@ def test_save_and_load_round_trip(demo, tmp_path):
         assert torch.equal(a.half().float(), b), name  # shipped weights are fp16 already
 
 
+def test_a_folder_names_its_sampler_and_a_wrong_one_is_one_clear_error(demo, tmp_path):
+    save_demo(demo.pipe, tmp_path)
+    config = json.loads((tmp_path / CONFIG).read_text())
+    (tmp_path / CONFIG).write_text(json.dumps({**config, "sampler": "unipc"}))
+    pipe = load_demo(tmp_path)
+    assert type(pipe.scheduler).__name__ == "UniPCMultistepScheduler" and pipe.scheduler.config.flow_shift == 2.0
+    save_demo(pipe, tmp_path / "again")
+    assert json.loads((tmp_path / "again" / CONFIG).read_text())["sampler"] == "unipc"
+    (tmp_path / CONFIG).write_text(json.dumps({**config, "sampler": "heun"}))
+    with pytest.raises(ModelLoadError, match="unknown sampler 'heun'"):
+        load_demo(tmp_path)
+
+
 @pytest.mark.slow
 def test_a_generated_clip_follows_its_caption(demo):
     """Colours, shape and motion of a clip from the shipped weights (the model card's scores, in one clip)."""
