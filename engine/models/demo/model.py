@@ -41,9 +41,9 @@ TRANSFORMER_CONFIG: dict[str, Any] = {
 }
 TEXT_CONFIG: dict[str, Any] = {"dim": 128, "layers": 2, "heads": 4}
 SCHEDULER_SHIFT = 2.0
-# The sampler over the same noise levels (flow matching, shift 2): "euler" (first order, what v1-v4 were
-# evaluated with until session 27) or "unipc" (UniPC multistep in flow mode, Wan's own default sampler: its
-# second-order update reaches Euler's 20-step adherence in fewer steps, docs/demo-model/sampler-experiment.json).
+# The sampler over the same noise levels (flow matching, shift 2): "euler" (first order, the shipped v4's) or
+# "unipc" (UniPC multistep in flow mode, Wan's own default, second order): at 12-14 steps it keeps far more of
+# 20 Euler steps' adherence than 12 Euler steps do, but not all of it (docs/demo-model/sampler-experiment.json).
 SAMPLERS = ("euler", "unipc")
 
 
@@ -55,6 +55,8 @@ def make_scheduler(sampler: str = "euler") -> FlowMatchEulerDiscreteScheduler | 
         return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                        flow_shift=SCHEDULER_SHIFT)
     raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+
+
 # Defaults of a freshly built model (training starts from them; an exported model's config.json carries
 # its own: the shipped v4 has 32 frames, 5 dense steps and guidance 2, see its model card).
 # threshold: the retained-mass tau a shipped profile is meant for (at 0.99 and above v1's diffuse
