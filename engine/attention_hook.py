@@ -70,7 +70,10 @@ def _(q, k, v, site, layer):
 
 class Recorder(Protocol):
     """What ``record`` mode reports every self-attention call to, after computing it densely (``lse``: the
-    call's row log-sum-exp ``[B, H, S]`` where the dense pass gave it, else None)."""
+    call's row log-sum-exp ``[B, H, S]`` where the dense pass gave it, else None). ``wants_lse``: whether
+    the dense pass should give it (on CUDA that pass is then our Triton forward, not the model's SDPA)."""
+
+    wants_lse: bool
 
     def add(self, step: int, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             out: torch.Tensor, lse: torch.Tensor | None = None) -> None: ...
@@ -82,6 +85,8 @@ class MassRecorder:
     Sums raw mass (softmax probability summed over the queries of a query block and the keys of a
     key block); the profile normalises rows, so calls with more queries simply weigh more.
     """
+
+    wants_lse = True  # the mass needs the row LSE; from the dense pass it costs no second attention pass
 
     def __init__(self, prompts: int, step_bins: tuple[tuple[int, int], ...], layers: int, heads: int,
                  nq: int, nk: int, block: tuple[int, int]) -> None:
@@ -233,7 +238,7 @@ class AttentionHook:
                 return sparse_attention(q, k, v, layout, backend=self.backend)
         if self.mode != "record":
             return self.dense_fn(q, k, v)
-        if self.dense_fn is dense_attention:  # the same dense result, with the LSE the mass needs
+        if self.recorder.wants_lse and self.dense_fn is dense_attention:  # the same result, with the LSE
             from calibstudio.kernels.mass import dense_attention_lse
 
             out, lse = dense_attention_lse(q, k, v)

@@ -32,6 +32,8 @@ class ErrorRecorder:
     over every call and prompt recorded, so a bin's long steps and short ones weigh by their size.
     """
 
+    wants_lse = False  # the error compares outputs only: the dense pass stays the model's own SDPA
+
     def __init__(self, profile: Profile, backend: str = "auto") -> None:
         m = profile.meta
         self.profile = profile
