@@ -64,7 +64,7 @@ class SpeedupEstimate:
     speedup: float
     s0: float = WAN14B_S0_TOKENS
     width: int | None = None
-    dense_steps: int = 0  # the first steps run dense: ``density`` is already the mean over the run
+    dense_steps: int = 0  # the first steps run dense: ``density`` is already the mean over the run's passes
 
     def explain(self) -> str:
         """Multi-line text for a tooltip: the formula, the share and where it comes from."""
@@ -87,7 +87,8 @@ def estimate(tokens: int, density: float, model: Mapping[str, Any] | None = None
              dense_steps: int = 0) -> SpeedupEstimate:
     """Speedup estimate for a profile's token count at a whole-model density (``model``: its identity).
 
-    ``density`` is the mean over the clip's steps, dense first steps included (``dense_steps``, for the text).
+    ``density`` is the mean over the clip's steps, each weighed by its transformer passes (``Profile.density``),
+    dense first steps included (``dense_steps``, for the text).
     """
     width = model_width(model or {})
     s0 = WAN14B_S0_TOKENS * (width / WAN14B_WIDTH if width else 1.0)

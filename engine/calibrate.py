@@ -97,9 +97,13 @@ def calibrate(
     recorder = MassRecorder(len(prompts), bins, layers, heads, meta.nq, meta.nk, (s.block, s.block))
     checked = prompts[: s.error_prompts] if s.error_bound is not None else []
     runs = _DensePasses(pipe, adapter, s, progress, (len(prompts) + len(checked)) * s.steps)
+    passes = np.zeros(s.steps)
     for i, prompt in enumerate(prompts):
         recorder.prompt = i
-        runs.run(i, prompt, recorder)
+        passes += runs.run(i, prompt, recorder)
+    # the studio weighs each step's density by its passes when it predicts the speedup (Profile.density)
+    meta = replace(meta, calibration={**meta.calibration,
+                                      "passes_per_step": [round(float(n), 4) for n in passes / len(prompts)]})
     writer = ProfileWriter(meta)
 
     def add(b: int, layer: int, floors: np.ndarray | None = None) -> None:
@@ -133,17 +137,19 @@ class _DensePasses:
         self.pipe, self.adapter, self.settings, self.progress, self.total = pipe, adapter, settings, progress, total
         self.done = 0
 
-    def run(self, i: int, prompt: str, recorder: Recorder) -> None:
+    def run(self, i: int, prompt: str, recorder: Recorder) -> np.ndarray:
+        """One dense trajectory of ``prompt``; returns the transformer passes each step made."""
         s = self.settings
         hook = AttentionHook(self.adapter, self.pipe.transformer, mode="record", recorder=recorder)
-        trajectory = Trajectory(self.pipe, self.adapter,
-                                self.adapter.encode(self.pipe, prompt, s.negative_prompt, s.guidance_scale),
+        conditioning = self.adapter.encode(self.pipe, prompt, s.negative_prompt, s.guidance_scale)
+        trajectory = Trajectory(self.pipe, self.adapter, conditioning,
                                 self.adapter.initial_latents(self.pipe, s.height, s.width, s.frames, s.seed + i),
                                 s.steps, hook)
         while not trajectory.done:
             self.progress.update("calibrate", self.done + trajectory.index, self.total)
             trajectory.step()
         self.done += s.steps
+        return np.array([conditioning.passes(step) for step in range(s.steps)], dtype=np.float64)
 
 
 def _floor_report(relative: np.ndarray, floors: np.ndarray, settings: CalibrationSettings,

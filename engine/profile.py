@@ -137,6 +137,11 @@ class ProfileMeta:
             expected = end
         if expected != self.num_steps:
             raise ProfileError(f"step bins must tile 0..{self.num_steps} in order, got {list(self.step_bins)}")
+        passes = self.calibration.get("passes_per_step")
+        if passes is not None and not (isinstance(passes, list) and len(passes) == self.num_steps
+                                       and all(isinstance(n, int | float) and n > 0 for n in passes)):
+            raise ProfileError(f"calibration passes_per_step must list {self.num_steps} positive numbers, one a step; "
+                               "recalibrate the profile")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -554,12 +559,14 @@ class Profile:
         """Whole-model fraction of attention blocks computed at ``threshold`` over a clip's steps.
 
         ``dense_steps``: the first steps run dense (as ``--dense-steps`` makes them) and count as 1.
+        Each step counts with the transformer passes it made in calibration (``passes_per_step``: guidance
+        and contrast prompts; a step with four passes costs twice one with two); equally where not recorded.
         """
         per_bin = self.densities(threshold).mean(axis=(1, 2))
         per_step = np.concatenate([np.full(end - start, d, dtype=np.float64)
                                    for (start, end), d in zip(self.meta.step_bins, per_bin, strict=True)])
         per_step[:dense_steps] = 1.0
-        return float(per_step.mean())
+        return float(np.average(per_step, weights=self.meta.calibration.get("passes_per_step")))
 
     def retained(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
         """Retained attention mass at ``threshold``: (mean, worst prompt), each ``[bins, layers, heads]``."""

@@ -26,6 +26,11 @@ class Conditioning:
     contrast_scale: float = 0.0
     contrast_steps: int = 0
 
+    def passes(self, step: int) -> int:
+        """Transformer passes that step ``step`` makes: the prompt, the negative one, the contrasts."""
+        contrasts = len(self.contrast_embeds) if step < self.contrast_steps else 0
+        return 1 + (self.negative_embeds is not None) + contrasts
+
 
 class ModelLoadError(ValueError):
     """A model folder cannot be loaded; the message names what is missing and what to do."""

@@ -95,6 +95,7 @@ def test_contrast_prompts_steer_the_first_steps_only(pipe, adapter):
               for text in ("a red circle moves right", "a red circle bounces from side to side"))
     steered = replace(plain, contrast_embeds=(r1, r2), contrast_scale=3.0, contrast_steps=1)
     latents = adapter.initial_latents(pipe, **SIZE, seed=3)
+    assert [steered.passes(k) for k in range(3)] == [4, 2, 2] and plain.passes(0) == 2  # what the studio weighs
     a, b = (Trajectory(pipe, adapter, c, latents, STEPS) for c in (steered, plain))
 
     t = a.timesteps[0]
@@ -236,6 +237,7 @@ def test_calibrate_then_sparse_compare(pipe, adapter, calibrated, tmp_path):
     meta = calibrated.meta
     assert meta.grid == (3, 4, 8) and meta.nq == 6 and meta.bins == 2 and meta.layers == 2
     assert meta.calibration["prompts"][1] == "a blue square moves up"
+    assert meta.calibration["passes_per_step"] == [1.0] * STEPS  # no guidance: one transformer pass a step
     assert (calibrated.retained(0.99)[0] >= 0.99 - 1e-6).all()
     steps = []
     result = compare(pipe, adapter, _settings(guidance_scale=1.0, threshold=0.9), calibrated,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,24 @@ def test_whole_clip_density_weighs_steps_and_counts_dense_first_steps_as_one(sav
         first = meta.step_bins[0][1]  # the first bin's steps
         assert profile.density(0.97, first) == pytest.approx((first + per_step[first:].sum()) / meta.num_steps)
         assert profile.density(0.97, meta.num_steps) == 1.0
+
+
+def test_whole_clip_density_weighs_each_step_by_its_transformer_passes(saved, tmp_path):
+    """Guidance and contrast prompts make some steps cost more passes; the studio's prediction follows them."""
+    path, mass, per_prompt = saved
+    with Profile.open(path) as plain:
+        meta = plain.meta
+        per_step = np.array([plain.densities(0.97).mean(axis=(1, 2))[meta.bin_of_step(k)]
+                             for k in range(meta.num_steps)])
+    passes = [4.0] + [2.0] * (meta.num_steps - 1)
+    weighted = replace(meta, calibration={**meta.calibration, "passes_per_step": passes})
+    build_profile(tmp_path / "w.safetensors", mass, weighted, per_prompt=per_prompt).close()
+    with Profile.open(tmp_path / "w.safetensors") as profile:
+        assert profile.density(0.97) == pytest.approx(np.dot(per_step, passes) / sum(passes))
+        assert profile.density(0.97, 1) == pytest.approx((4 + 2 * per_step[1:].sum()) / sum(passes))
+    for bad in ([2.0], [0.0] * meta.num_steps, ["two"] * meta.num_steps):
+        with pytest.raises(ProfileError, match="passes_per_step"):
+            replace(meta, calibration={"passes_per_step": bad}).validate()
 
 
 def test_threshold_outside_the_range_is_refused(saved):
