@@ -7,6 +7,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+_UMASK = os.umask(0)  # read once, at import (setting it is process-wide): new files get 0o666 minus it
+os.umask(_UMASK)
+
 
 class WriteError(ValueError):
     """A file could not be written; the message names the file, the reason and what to do."""
@@ -35,6 +38,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0o600 would hide a profile or clip from other users
         os.replace(tmp, path)
     except OSError as error:
         tmp.unlink(missing_ok=True)
