@@ -407,6 +407,19 @@ def test_apply_profile_under_cuda_graphs_uses_every_steps_layout(calibrated):
         assert set(hook._layouts) == {(0, 0), (0, 1), (1, 0), (1, 1)}
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_calibration_on_cuda_records_the_cpu_profile(adapter, calibrated, tmp_path):
+    """On CUDA record mode takes the output and the row LSE from our Triton dense forward and the mass from the
+    Triton kernel; on the CPU from SDPA's flash kernel and torch: the same profile either way."""
+    settings = CalibrationSettings(**SIZE, steps=STEPS, bins=2, guidance_scale=1.0, block=BLOCK)
+    own, _ = _own_pipeline("cuda")
+    with calibrate(own, adapter, calibrated.meta.calibration["prompts"], settings, tmp_path / "gpu.safetensors") as p:
+        for tau in (0.9, 0.99):
+            np.testing.assert_allclose(p.densities(tau), calibrated.densities(tau), atol=0.05)
+            np.testing.assert_allclose(p.retained(tau)[0], calibrated.retained(tau)[0], atol=2e-3)
+
+
 def test_apply_profile_under_an_in_place_compiled_transformer(calibrated):
     """README: ``pipe.transformer.compile()`` with the hook on gives the eager sparse clip, one graph for all."""
     from torch._dynamo.utils import counters
