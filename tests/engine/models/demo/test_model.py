@@ -76,17 +76,23 @@ def test_save_and_load_round_trip(demo, tmp_path):
         assert torch.equal(a.half().float(), b), name  # shipped weights are fp16 already
 
 
-def test_a_folder_names_its_sampler_and_a_wrong_one_is_one_clear_error(demo, tmp_path):
+def test_a_folder_names_its_sampler_and_shift_and_a_wrong_one_is_one_clear_error(demo, tmp_path):
+    shipped = demo.pipe.scheduler
+    assert (type(shipped).__name__, shipped.config.shift) == ("FlowMatchEulerDiscreteScheduler", 2)
     save_demo(demo.pipe, tmp_path)
     config = json.loads((tmp_path / CONFIG).read_text())
-    (tmp_path / CONFIG).write_text(json.dumps({**config, "sampler": "unipc"}))
+    (tmp_path / CONFIG).write_text(json.dumps({**config, "sampler": "unipc", "scheduler_shift": 5.0}))
     pipe = load_demo(tmp_path)
-    assert type(pipe.scheduler).__name__ == "UniPCMultistepScheduler" and pipe.scheduler.config.flow_shift == 2.0
+    assert type(pipe.scheduler).__name__ == "UniPCMultistepScheduler" and pipe.scheduler.config.flow_shift == 5.0
     save_demo(pipe, tmp_path / "again")
-    assert json.loads((tmp_path / "again" / CONFIG).read_text())["sampler"] == "unipc"
-    (tmp_path / CONFIG).write_text(json.dumps({**config, "sampler": "heun"}))
-    with pytest.raises(ModelLoadError, match="unknown sampler 'heun'"):
-        load_demo(tmp_path)
+    again = json.loads((tmp_path / "again" / CONFIG).read_text())
+    assert (again["sampler"], again["scheduler_shift"]) == ("unipc", 5.0)
+    for wrong, message in (({"sampler": "heun"}, "unknown sampler 'heun'"),
+                           ({"scheduler_shift": 0}, "scheduler shift must be positive"),
+                           ({"scheduler_shift": None}, "is damaged")):
+        (tmp_path / CONFIG).write_text(json.dumps({**config, **wrong}))
+        with pytest.raises(ModelLoadError, match=message):
+            load_demo(tmp_path)
 
 
 @pytest.mark.slow
