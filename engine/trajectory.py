@@ -52,7 +52,7 @@ class Trajectory:
             if c.negative_embeds is not None:
                 uncond = predict(self.pipe, model_input, t, c.negative_embeds)
                 noise = uncond + c.guidance_scale * (cond - uncond)
-            for contrast in c.contrast_embeds if self.index < c.contrast_steps else ():
+            for contrast in c.contrasts_at(self.index):
                 noise = noise + c.contrast_scale * (cond - predict(self.pipe, model_input, t, contrast))
         finally:
             if self.hook is not None:

@@ -26,10 +26,13 @@ class Conditioning:
     contrast_scale: float = 0.0
     contrast_steps: int = 0
 
+    def contrasts_at(self, step: int) -> tuple[torch.Tensor, ...]:
+        """The contrast prompts that step ``step`` steers away from (none after ``contrast_steps``)."""
+        return self.contrast_embeds if step < self.contrast_steps else ()
+
     def passes(self, step: int) -> int:
         """Transformer passes that step ``step`` makes: the prompt, the negative one, the contrasts."""
-        contrasts = len(self.contrast_embeds) if step < self.contrast_steps else 0
-        return 1 + (self.negative_embeds is not None) + contrasts
+        return 1 + (self.negative_embeds is not None) + len(self.contrasts_at(step))
 
 
 class ModelLoadError(ValueError):
