@@ -34,6 +34,7 @@ from calibstudio.engine.machine import device_name
 from calibstudio.engine.models.base import Conditioning, ModelLoadError
 from calibstudio.engine.models.demo import captions, scenes
 from calibstudio.engine.models.demo.adherence import check_clip, direction_by_motion, summarise, teleport_count
+from calibstudio.engine.models.demo.distill import GuidanceRule, GuidanceTeacher, contrast_ids, distilled_defaults
 from calibstudio.engine.models.demo.locality import LocalityPenalty
 from calibstudio.engine.models.demo.model import (
     CONFIG,
@@ -60,17 +61,20 @@ class ProceduralClips(Dataset):
     """Example ``i`` = the clip and a paraphrased caption rendered from ``(seed, i)``."""
 
     def __init__(self, seed: int, vocab: list[str], length: int, split: str = "train", texture: float = 0.0,
-                 frames: int = scenes.DEFAULT_FRAMES, motion_weights: dict[str, float] | None = None) -> None:
+                 frames: int = scenes.DEFAULT_FRAMES, motion_weights: dict[str, float] | None = None,
+                 contrasts: bool = False) -> None:
         self.seed, self.vocab, self.length, self.split, self.texture = seed, vocab, length, split, texture
-        self.frames, self.motion_weights = frames, motion_weights
+        self.frames, self.motion_weights, self.contrasts = frames, motion_weights, contrasts
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        """The clip and its caption's word ids (and, with ``contrasts``, its contrast captions' for a teacher)."""
         clip, text, _ = captions.example(np.random.default_rng([self.seed, i]), self.split, self.frames,
                                          texture=self.texture, motion_weights=self.motion_weights)
-        return torch.from_numpy(clip), tokenize([text], self.vocab)[0]
+        example = (torch.from_numpy(clip), tokenize([text], self.vocab)[0])
+        return (*example, contrast_ids(text, self.vocab)) if self.contrasts else example
 
 
 def held_out_prompts(count: int, seed: int = 1234) -> list[str]:
@@ -181,9 +185,13 @@ def train(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     state_file, log_file = out / "state.json", out / "train_log.jsonl"
     resumed_at, resuming = 0, args.resume and state_file.is_file()
-    initial = load_demo(args.init) if args.init and not resuming else None  # one clear error for a wrong folder
+    init_folder = args.init or args.distill  # a distilled student starts as its teacher unless told otherwise
+    initial = load_demo(init_folder) if init_folder and not resuming else None  # one clear error for a wrong folder
     if resuming:
         saved = json.loads(state_file.read_text())
+        if args.distill and saved.get("distill", {}).get("teacher") != args.distill:
+            raise RunError(f"{out} does not distill {args.distill}; resume it without --distill, or start a new run "
+                           f"(--init {out / 'demo_model'} --distill {args.distill})")
         layers, clock = saved.get("layers", TRANSFORMER_CONFIG["num_layers"]), saved.get("clock", False)
         if args.layers is not None and args.layers != layers:
             raise RunError(f"{out} trains a model of {layers} blocks; resume it without --layers, or start a new run "
@@ -203,8 +211,10 @@ def train(args: argparse.Namespace) -> dict:
              "local_below": args.local_below if args.local_below is not None else 1.0,
              "motion_weights": args.motion_weights or {}, "noise_shift": args.noise_shift, "layers": layers,
              "clock": clock}
+    if args.distill and not resuming:
+        state["distill"] = {"teacher": args.distill, **GuidanceRule.of(load_demo(args.distill)).as_dict()}
     if initial is not None:
-        init = Path(args.init)
+        init = Path(init_folder)
         pipe.load_state_dict(initial.state_dict())
         if args.layers is not None and args.layers != layers:
             try:
@@ -242,6 +252,11 @@ def train(args: argparse.Namespace) -> dict:
     pipe.defaults.update(state.get("defaults", {}))  # a fine-tune keeps the inference defaults of its --init
     pipe.defaults["frames"] = frames  # the exported model generates clips of the length it learned
     pipe.defaults["dense_steps"] = dense_steps_above(pipe, state.get("local_below", 1.0))  # ...and steps as it learned
+    teacher = None
+    if "distill" in state:  # the guidance is in the student's weights: it samples with the caption alone
+        rule = {k: v for k, v in state["distill"].items() if k != "teacher"}
+        teacher = GuidanceTeacher(load_demo(state["distill"]["teacher"], device), GuidanceRule(**rule))
+        pipe.defaults.update(distilled_defaults(pipe.defaults))
     pipe.to(device)
     modules = torch.nn.ModuleDict({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder})
     if resumed_at:
@@ -251,7 +266,7 @@ def train(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.AdamW(modules.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     forward = torch.compile(pipe.transformer) if args.compile else pipe.transformer
     data = ProceduralClips(args.seed, pipe.vocab, args.steps * args.batch, texture=state.get("texture", 0.0),
-                           frames=frames, motion_weights=state.get("motion_weights"))
+                           frames=frames, motion_weights=state.get("motion_weights"), contrasts=teacher is not None)
     loader = DataLoader(torch.utils.data.Subset(data, range(resumed_at * args.batch, len(data))),
                         batch_size=args.batch, num_workers=args.workers, pin_memory=device == "cuda",
                         drop_last=True, persistent_workers=args.workers > 0,
@@ -285,13 +300,15 @@ def train(args: argparse.Namespace) -> dict:
         penalty.restrict_from = half
     # dense_fn=penalty.attend: the hook routes every self-attention through the penalty while training
     with AttentionHook(DemoAdapter(), pipe.transformer, dense_fn=penalty.attend) if penalty else nullcontext():
-        for clips, ids in loader:
+        for clips, ids, *contrasts in loader:
             x0 = clip_to_latents(clips.to(device, non_blocking=True))
             ids = ids.to(device, non_blocking=True)
             b = x0.shape[0]
             drop_text = torch.rand(b, 1, device=device, generator=generator) < TEXT_DROPOUT
             drop_word = (torch.rand(ids.shape, device=device, generator=generator) < WORD_DROPOUT) & (ids > unk)
             ids = torch.where(drop_word, unk, ids).masked_fill(drop_text, 0)
+            if contrasts:  # a dropped caption has no contrasts: its rows steer nowhere
+                contrasts = torch.where(drop_text.unsqueeze(-1), ids.unsqueeze(1), contrasts[0].to(device))
             u = torch.rand(b, device=device, generator=generator)
             sigma = noise_levels(u, shift)
             noise = torch.randn(x0.shape, device=device, generator=generator)
@@ -305,6 +322,11 @@ def train(args: argparse.Namespace) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, args, resumed_at)
             with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+                target = noise - x0
+                if teacher is not None:  # the teacher's guided velocity, once per distinct row
+                    n = half if consistency else b
+                    guided = teacher.velocity(noisy[:n], sigma[:n], ids[:n], contrasts[:n])
+                    target = torch.cat([guided, guided]) if consistency else guided
                 embeds = pipe.text_encoder(ids)
                 velocity = forward(hidden_states=pipe.model_input(noisy), timestep=sigma * 1000,
                                    encoder_hidden_states=embeds, return_dict=False)[0]
@@ -312,7 +334,7 @@ def train(args: argparse.Namespace) -> dict:
             rows = sparse_rows.new_ones(b)
             if consistency:
                 rows = torch.cat([rows[:half], sparse_rows[half:]])
-            loss = weighted_mse(velocity, noise - x0, rows)
+            loss = weighted_mse(velocity, target, rows)
             objective = loss
             if consistency:
                 gap = consistency_gap(velocity, half, teacher=state.get("consistency_teacher", False),
@@ -364,8 +386,8 @@ def train(args: argparse.Namespace) -> dict:
         modules.eval()
         if args.eval_clips:
             prompts = held_out_prompts(args.eval_clips)
-            clips = sample(pipe, prompts, seed=10_000, steps=args.eval_steps, guidance=args.eval_guidance,
-                           frames=frames)
+            guidance = pipe.defaults["guidance_scale"] if args.eval_guidance is None else args.eval_guidance
+            clips = sample(pipe, prompts, seed=10_000, steps=args.eval_steps, guidance=guidance, frames=frames)
             results = [check_clip(clip, prompt) for clip, prompt in zip(clips, prompts, strict=True)]
             result["held_out_adherence"] = summarise(results)
             result["held_out_direction_by_motion"] = direction_by_motion(results)
@@ -381,8 +403,9 @@ def train(args: argparse.Namespace) -> dict:
                 "local_below": local_below, "motion_weights": state.get("motion_weights", {}),
                 "noise_shift": shift, "layers": state["layers"], "clock": state["clock"],
                 "device": device_name(device), "torch": torch.__version__}
-        if "init" in state:
-            card["init"] = state["init"]
+        for key in ("init", "distill"):
+            if key in state:
+                card[key] = state[key]
         save_demo(pipe, out / "demo_model", card)
     if log_file.is_file() and args.plot:
         _plot_loss(log_file, out / "loss.png")
@@ -489,11 +512,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, default=8.0, help="stop and checkpoint after this long")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--init", help="start from the weights of a saved demo model folder (fine-tune) instead of random")
+    p.add_argument("--distill", metavar="TEACHER",
+                   help="guidance distillation: learn TEACHER's guided velocity (guidance and reverse guidance of its "
+                        "defaults and sampler) from the caption alone, so the exported model samples with one pass a "
+                        "step (guidance 1); starts from TEACHER's weights unless --init says otherwise")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--eval-clips", type=int, default=100, help="held-out captions scored at the end")
     p.add_argument("--eval-steps", type=int, default=20)
-    p.add_argument("--eval-guidance", type=float, default=4.0)
+    p.add_argument("--eval-guidance", type=float,
+                   help="guidance of the held-out clips (default: the exported model's own, 1 for a distilled one)")
     p.add_argument("--export-partial", action="store_true", help="export and score even if --steps not reached")
     p.add_argument("--plot", action="store_true", help="draw loss.png from the log (needs PySide6/pyqtgraph)")
     args = p.parse_args(argv)
