@@ -109,10 +109,23 @@ def test_a_generated_clip_follows_its_caption(demo):
     assert result.background_ok and result.color_ok and result.shape_ok and result.direction_ok, result.reading
 
 
-def test_the_shipped_model_steers_away_from_its_motion_misread(demo):
-    """Reverse guidance is on for the shipped model: away from the motion played backwards and, for a straight
-    move, there and back; a bounce (the same backwards) or a model without it gets none."""
-    pipe, adapter = demo.pipe, DemoAdapter()
+def test_the_shipped_model_samples_with_one_pass_a_step(demo):
+    """v5 is distilled from v4's guided sampler: the caption alone, one transformer pass a step (docs/demo-model/
+    distill-experiment.json), so a clip costs 20 passes instead of v4's 40-50."""
+    adapter, defaults = DemoAdapter(), demo.pipe.defaults
+    assert (defaults["guidance_scale"], defaults["reverse_guidance_steps"]) == (1.0, 0)
+    conditioning = adapter.encode(demo.pipe, "a red ball floats up against a blue background", None,
+                                  defaults["guidance_scale"])
+    assert [conditioning.passes(step) for step in range(defaults["steps"])] == [1] * defaults["steps"]
+
+
+def test_reverse_guidance_steers_away_from_the_motion_misread(demo):
+    """A model with reverse guidance on (v4, the teacher of the shipped v5) steers away from the motion played
+    backwards and, for a straight move, there and back; a bounce (the same backwards) or a model without it gets
+    none."""
+    adapter = DemoAdapter()
+    pipe = copy.copy(demo.pipe)
+    pipe.defaults = {**demo.pipe.defaults, "reverse_guidance": 4.0, "reverse_guidance_steps": 5}
     up = adapter.encode(pipe, "a red ball floats up against a blue background", None, 2.0)
     assert (up.contrast_scale, up.contrast_steps) == (4.0, 5)
     expected = pipe.encode_text(["a red circle moves down on a blue background",
