@@ -41,7 +41,7 @@ TRANSFORMER_CONFIG: dict[str, Any] = {
 }
 TEXT_CONFIG: dict[str, Any] = {"dim": 128, "layers": 2, "heads": 4}
 SCHEDULER_SHIFT = 2.0
-# The sampler (config.json "sampler" and "scheduler_shift"): "euler" (first order, flow matching; v4 ships 20 steps
+# The sampler (config.json "sampler" and "scheduler_shift"): "euler" (first order, flow matching; v5 ships 20 steps
 # at shift 2) or "unipc" (UniPC multistep in flow mode, Wan's own default, second order). A larger shift spends more
 # of the steps at high noise, where the motion is decided: UniPC 14 steps at shift 5 read held-out 360 colour /
 # shape / direction 97.2 / 95.0 / 87.8% vs 95.6 / 93.6 / 84.7% for the shipped sampler, in 36 transformer passes
@@ -63,7 +63,7 @@ def make_scheduler(sampler: str = "euler",
 
 
 # Defaults of a freshly built model (training starts from them; an exported model's config.json carries
-# its own: the shipped v4 has 32 frames, 5 dense steps and guidance 2, see its model card).
+# its own: the shipped v5 has 32 frames, 5 dense steps and guidance 1, see its model card).
 # threshold: the retained-mass tau a shipped profile is meant for (at 0.99 and above v1's diffuse
 # attention kept so many blocks that every layer ran dense).
 # error_bound: calibration raises the tau of heads whose attention output is off by more than this
@@ -72,8 +72,8 @@ def make_scheduler(sampler: str = "euler",
 # dense_steps: train exports the steps above its --local-below noise level.
 # reverse_guidance(_steps): guidance away from the caption's motion played backwards and, for a straight move,
 # there and back (captions.contrast_captions), each with this weight, in the first steps (Conditioning.contrast_*);
-# 0 = off. The shipped v4 uses 4 for its 5 dense steps: held-out direction 77 -> 84.7%
-# (docs/demo-model/reverse-guidance-experiment.json).
+# 0 = off. v4 used 4 for its 5 dense steps: held-out direction 77 -> 84.7%
+# (docs/demo-model/reverse-guidance-experiment.json); the shipped v5 has it in its weights (train --distill) and 0 here.
 DEFAULTS: dict[str, int | float] = {"height": scenes.DEFAULT_HEIGHT, "width": scenes.DEFAULT_WIDTH,
                                     "frames": scenes.DEFAULT_FRAMES, "steps": 20, "guidance_scale": 4.0,
                                     "threshold": 0.9, "error_bound": 0.05, "dense_steps": 0,

@@ -4,7 +4,8 @@ Flow matching in pixel space (the target is ``noise - clip``, as diffusers' flow
 scheduler expects), plain unweighted MSE (weighting the shape's pixels up, tried to make shapes
 learn faster, biases the optimum and draws shapes too large), text dropped 10% of the time so
 classifier-free guidance works, a few words replaced by ``<unk>`` so unknown words are tolerated,
-an EMA of the weights for the shipped model.
+an EMA of the weights for the shipped model. ``--distill TEACHER`` swaps the flow-matching target for a teacher
+model's guided velocity (``distill.py``): how the shipped v5 samples with one transformer pass a step.
 
 Reproducible from ``--seed``: example ``i`` of the run is rendered from ``(seed, i)``, whatever the
 number of loader workers. Sized for the lent GPU's budget: ``--max-minutes`` stops cleanly and

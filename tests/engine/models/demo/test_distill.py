@@ -9,11 +9,17 @@ import torch
 
 from calibstudio.engine.models.demo.distill import GuidanceRule, GuidanceTeacher, contrast_ids
 from calibstudio.engine.models.demo.folder import CONFIG
-from calibstudio.engine.models.demo.model import DemoAdapter, DemoPipeline, default_folder, load_demo
+from calibstudio.engine.models.demo.model import DemoAdapter, DemoPipeline, default_folder, load_demo, save_demo
 from calibstudio.engine.models.demo.text import tokenize
 from calibstudio.engine.trajectory import Trajectory
 
 CAPTION = "a red circle moves left on a blue background"  # two contrasts: played backwards, there and back
+
+
+def guided(pipe: DemoPipeline) -> DemoPipeline:
+    """``pipe`` with v4's sampler rule (the teacher of the shipped v5): guidance 2, reverse guidance 4 in 5 steps."""
+    pipe.defaults.update(guidance_scale=2.0, reverse_guidance=4.0, reverse_guidance_steps=5)
+    return pipe
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +40,9 @@ def test_the_rule_is_the_teachers_defaults_and_its_contrast_levels_those_of_its_
     sigmas = scheduler.sigmas.tolist()
     assert rule.guidance == 2.0 and rule.contrast_scale == 4.0
     assert sigmas[2] < rule.contrast_above < sigmas[1]  # steps 0 and 1 steer, step 2 does not
-    shipped = GuidanceRule.of(load_demo())
-    assert 0.857 < shipped.contrast_above < 0.889  # 20 Euler steps at shift 2, the first 5 steer
+    v4 = GuidanceRule.of(guided(load_demo()))
+    assert 0.857 < v4.contrast_above < 0.889  # 20 Euler steps at shift 2, the first 5 steer
+    assert GuidanceRule.of(load_demo()).guidance == 1.0  # the shipped v5 is a distilled student itself
     plain = DemoPipeline.fresh(layers=1)
     assert GuidanceRule.of(plain).contrast_above == float("inf")  # no reverse guidance: no contrast levels
 
@@ -71,19 +78,20 @@ def test_a_caption_without_contrasts_steers_nowhere():
 def test_distilling_exports_a_one_pass_model_and_a_resume_keeps_its_teacher(tmp_path, capsys):
     from calibstudio.engine.models.demo.train import main, parse_args, train
 
-    common = ["--out", str(tmp_path), "--batch", "2", "--workers", "0", "--eval-clips", "0", "--frames", "8",
+    folder = str(save_demo(guided(load_demo()), tmp_path / "v4"))
+    common = ["--out", str(tmp_path / "run"), "--batch", "2", "--workers", "0", "--eval-clips", "0", "--frames", "8",
               "--consistency", "1", "--local-below", "0.85"]
-    first = train(parse_args([*common, "--steps", "2", "--max-minutes", "0", "--distill", str(default_folder())]))
+    first = train(parse_args([*common, "--steps", "2", "--max-minutes", "0", "--distill", folder]))
     assert first["step"] == 1
-    assert main([*common, "--steps", "2", "--resume", "--distill", str(tmp_path)]) == 2
+    assert main([*common, "--steps", "2", "--resume", "--distill", str(default_folder())]) == 2
     assert "does not distill" in capsys.readouterr().err
     train(parse_args([*common, "--steps", "2", "--resume"]))
-    exported = json.loads((tmp_path / "demo_model" / CONFIG).read_text())
+    exported = json.loads((tmp_path / "run" / "demo_model" / CONFIG).read_text())
     distilled = exported["training"]["distill"]
-    assert distilled["teacher"] == str(default_folder()) and distilled["guidance"] == 2.0
+    assert distilled["teacher"] == folder and distilled["guidance"] == 2.0
     assert distilled["contrast_scale"] == 4.0 and 0.857 < distilled["contrast_above"] < 0.889
-    assert exported["training"]["init"]["folder"] == str(default_folder())  # the student started as its teacher
-    student = load_demo(tmp_path / "demo_model")
+    assert exported["training"]["init"]["folder"] == folder  # the student started as its teacher
+    student = load_demo(tmp_path / "run" / "demo_model")
     assert (student.defaults["guidance_scale"], student.defaults["reverse_guidance_steps"]) == (1.0, 0)
     assert student.defaults["dense_steps"] == 5  # still dense where its teacher's attention is not local
     conditioning = DemoAdapter().encode(student, CAPTION, None, student.defaults["guidance_scale"])
