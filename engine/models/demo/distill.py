@@ -11,13 +11,16 @@ with guidance 1: one pass a step, and its sparse steps the same share of the cli
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from calibstudio.engine.models.demo import captions
+from calibstudio.engine.models.demo.folder import WEIGHTS
 from calibstudio.engine.models.demo.model import DemoPipeline
 from calibstudio.engine.models.demo.text import tokenize
 
@@ -49,6 +52,18 @@ class GuidanceRule:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> GuidanceRule:
+        """The rule a run recorded (other keys of the record are ignored)."""
+        return cls(**{f.name: record[f.name] for f in fields(cls)})
+
+
+def weights_digest(folder: str | Path) -> str:
+    """A short hash of a model folder's weights ("" if it has none): a resumed run checks that its teacher is still
+    the same model."""
+    path = Path(folder) / WEIGHTS
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
 
 
 def contrast_ids(text: str, vocab: list[str]) -> torch.Tensor:

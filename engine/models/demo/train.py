@@ -35,7 +35,13 @@ from calibstudio.engine.machine import device_name
 from calibstudio.engine.models.base import Conditioning, ModelLoadError
 from calibstudio.engine.models.demo import captions, scenes
 from calibstudio.engine.models.demo.adherence import check_clip, direction_by_motion, summarise, teleport_count
-from calibstudio.engine.models.demo.distill import GuidanceRule, GuidanceTeacher, contrast_ids, distilled_defaults
+from calibstudio.engine.models.demo.distill import (
+    GuidanceRule,
+    GuidanceTeacher,
+    contrast_ids,
+    distilled_defaults,
+    weights_digest,
+)
 from calibstudio.engine.models.demo.locality import LocalityPenalty
 from calibstudio.engine.models.demo.model import (
     CONFIG,
@@ -190,9 +196,13 @@ def train(args: argparse.Namespace) -> dict:
     initial = load_demo(init_folder) if init_folder and not resuming else None  # one clear error for a wrong folder
     if resuming:
         saved = json.loads(state_file.read_text())
-        if args.distill and saved.get("distill", {}).get("teacher") != args.distill:
+        distilled = saved.get("distill", {})
+        if args.distill and distilled.get("teacher") != args.distill:
             raise RunError(f"{out} does not distill {args.distill}; resume it without --distill, or start a new run "
                            f"(--init {out / 'demo_model'} --distill {args.distill})")
+        if distilled and weights_digest(distilled["teacher"]) != distilled["weights"]:
+            raise RunError(f"the teacher in {distilled['teacher']} is not the model {out} began distilling (its "
+                           f"weights differ or are gone): put that model back there, or start a new run")
         layers, clock = saved.get("layers", TRANSFORMER_CONFIG["num_layers"]), saved.get("clock", False)
         if args.layers is not None and args.layers != layers:
             raise RunError(f"{out} trains a model of {layers} blocks; resume it without --layers, or start a new run "
@@ -213,7 +223,8 @@ def train(args: argparse.Namespace) -> dict:
              "motion_weights": args.motion_weights or {}, "noise_shift": args.noise_shift, "layers": layers,
              "clock": clock}
     if args.distill and not resuming:
-        state["distill"] = {"teacher": args.distill, **GuidanceRule.of(load_demo(args.distill)).as_dict()}
+        state["distill"] = {"teacher": args.distill, "weights": weights_digest(args.distill),
+                            **GuidanceRule.of(load_demo(args.distill)).as_dict()}
     if initial is not None:
         init = Path(init_folder)
         pipe.load_state_dict(initial.state_dict())
@@ -255,8 +266,8 @@ def train(args: argparse.Namespace) -> dict:
     pipe.defaults["dense_steps"] = dense_steps_above(pipe, state.get("local_below", 1.0))  # ...and steps as it learned
     teacher = None
     if "distill" in state:  # the guidance is in the student's weights: it samples with the caption alone
-        rule = {k: v for k, v in state["distill"].items() if k != "teacher"}
-        teacher = GuidanceTeacher(load_demo(state["distill"]["teacher"], device), GuidanceRule(**rule))
+        rule = GuidanceRule.from_dict(state["distill"])
+        teacher = GuidanceTeacher(load_demo(state["distill"]["teacher"], device), rule)
         pipe.defaults.update(distilled_defaults(pipe.defaults))
     pipe.to(device)
     modules = torch.nn.ModuleDict({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder})

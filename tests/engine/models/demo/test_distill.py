@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from calibstudio.engine.models.demo.distill import GuidanceRule, GuidanceTeacher, contrast_ids
-from calibstudio.engine.models.demo.folder import CONFIG
+from calibstudio.engine.models.demo.folder import CONFIG, WEIGHTS
 from calibstudio.engine.models.demo.model import DemoAdapter, DemoPipeline, default_folder, load_demo, save_demo
 from calibstudio.engine.models.demo.text import tokenize
 from calibstudio.engine.trajectory import Trajectory
@@ -85,6 +85,12 @@ def test_distilling_exports_a_one_pass_model_and_a_resume_keeps_its_teacher(tmp_
     assert first["step"] == 1
     assert main([*common, "--steps", "2", "--resume", "--distill", str(default_folder())]) == 2
     assert "does not distill" in capsys.readouterr().err
+    weights = tmp_path / "v4" / WEIGHTS
+    kept = weights.read_bytes()
+    weights.write_bytes(kept[:-2] + bytes(2))  # another model in the teacher's folder
+    assert main([*common, "--steps", "2", "--resume"]) == 2
+    assert "is not the model" in capsys.readouterr().err
+    weights.write_bytes(kept)
     train(parse_args([*common, "--steps", "2", "--resume"]))
     exported = json.loads((tmp_path / "run" / "demo_model" / CONFIG).read_text())
     distilled = exported["training"]["distill"]
