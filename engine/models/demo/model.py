@@ -44,9 +44,9 @@ SCHEDULER_SHIFT = 2.0
 # The sampler (config.json "sampler" and "scheduler_shift"): "euler" (first order, flow matching; v5 ships 20 steps
 # at shift 2) or "unipc" (UniPC multistep in flow mode, Wan's own default, second order). A larger shift spends more
 # of the steps at high noise, where the motion is decided: UniPC 14 steps at shift 5 read held-out 360 colour /
-# shape / direction 97.2 / 95.0 / 87.8% vs 95.6 / 93.6 / 84.7% for the shipped sampler, in 36 transformer passes
+# shape / direction 97.2 / 95.0 / 87.8% vs 95.6 / 93.6 / 84.7% for v4's 20 Euler steps, in 36 transformer passes
 # instead of 50; with 3 dense steps its sparse clip was 29.9 dB from the dense one (target 30), 1.497x: not shipped
-# yet (docs/demo-model/sampler-experiment.json).
+# (docs/demo-model/sampler-experiment.json). v5's distillation made 20 Euler steps cost 20 passes instead.
 SAMPLERS = ("euler", "unipc")
 
 

@@ -222,9 +222,10 @@ def train(args: argparse.Namespace) -> dict:
              "local_below": args.local_below if args.local_below is not None else 1.0,
              "motion_weights": args.motion_weights or {}, "noise_shift": args.noise_shift, "layers": layers,
              "clock": clock}
+    teacher = None
     if args.distill and not resuming:
-        state["distill"] = {"teacher": args.distill, "weights": weights_digest(args.distill),
-                            **GuidanceRule.of(load_demo(args.distill)).as_dict()}
+        teacher = GuidanceTeacher(load_demo(args.distill))
+        state["distill"] = {"teacher": args.distill, "weights": weights_digest(args.distill), **teacher.rule.as_dict()}
     if initial is not None:
         init = Path(init_folder)
         pipe.load_state_dict(initial.state_dict())
@@ -264,10 +265,10 @@ def train(args: argparse.Namespace) -> dict:
     pipe.defaults.update(state.get("defaults", {}))  # a fine-tune keeps the inference defaults of its --init
     pipe.defaults["frames"] = frames  # the exported model generates clips of the length it learned
     pipe.defaults["dense_steps"] = dense_steps_above(pipe, state.get("local_below", 1.0))  # ...and steps as it learned
-    teacher = None
     if "distill" in state:  # the guidance is in the student's weights: it samples with the caption alone
-        rule = GuidanceRule.from_dict(state["distill"])
-        teacher = GuidanceTeacher(load_demo(state["distill"]["teacher"], device), rule)
+        if teacher is None:  # a resume: the teacher and rule the run recorded
+            teacher = GuidanceTeacher(load_demo(state["distill"]["teacher"]), GuidanceRule.from_dict(state["distill"]))
+        teacher.pipe.to(device)
         pipe.defaults.update(distilled_defaults(pipe.defaults))
     pipe.to(device)
     modules = torch.nn.ModuleDict({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder})
