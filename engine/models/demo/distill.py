@@ -51,12 +51,19 @@ class GuidanceRule:
         return cls(float(defaults["guidance_scale"]), scale, above)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The rule as strict JSON values: "no contrast levels" (infinity) is recorded as null."""
+        record = asdict(self)
+        if math.isinf(self.contrast_above):
+            record["contrast_above"] = None
+        return record
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> GuidanceRule:
         """The rule a run recorded (other keys of the record are ignored)."""
-        return cls(**{f.name: record[f.name] for f in fields(cls)})
+        values = {f.name: record[f.name] for f in fields(cls)}
+        if values["contrast_above"] is None:
+            values["contrast_above"] = math.inf
+        return cls(**values)
 
 
 def weights_digest(folder: str | Path) -> str:

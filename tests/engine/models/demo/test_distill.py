@@ -45,6 +45,8 @@ def test_the_rule_is_the_teachers_defaults_and_its_contrast_levels_those_of_its_
     assert GuidanceRule.of(load_demo()).guidance == 1.0  # the shipped v5 is a distilled student itself
     plain = DemoPipeline.fresh(layers=1)
     assert GuidanceRule.of(plain).contrast_above == float("inf")  # no reverse guidance: no contrast levels
+    for r in (rule, GuidanceRule.of(plain)):  # the run state and the exported record are strict JSON
+        assert GuidanceRule.from_dict(json.loads(json.dumps(r.as_dict(), allow_nan=False))) == r
 
 
 def test_the_teacher_target_is_the_velocity_of_the_samplers_guided_step(teacher):
